@@ -1,0 +1,31 @@
+"""Key results that a notebook reports, for people and for ``tlcourse run``.
+
+``key_result("head-only accuracy", 0.91)`` prints a line in the notebook and also
+attaches the value under a MIME type of its own, so ``tlcourse run`` can collect
+every notebook's key results from the executed copy into its summary.
+"""
+
+from __future__ import annotations
+
+from IPython.display import display
+
+MIME = "application/vnd.tlcourse.result+json"
+
+
+def key_result(name: str, value: float | int | str, unit: str = "") -> float | int | str:
+    """Show ``name: value`` and record it as one of the notebook's key results."""
+    shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+    text = f"Key result | {name}: {shown}{(' ' + unit) if unit else ''}"
+    display({MIME: {"name": name, "value": value, "unit": unit}, "text/plain": text}, raw=True)
+    return value
+
+
+def collect(notebook: dict) -> list[dict]:
+    """Every key result recorded in an executed notebook (as a JSON dict), in order."""
+    found = []
+    for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if MIME in data:
+                found.append(data[MIME])
+    return found
