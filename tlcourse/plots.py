@@ -1,7 +1,6 @@
-"""Figures of the course: labelled, readable in a notebook and in print, returned as Figures."""
+"""Figures of the course: labelled (title, axes with units, legend), readable in a
+notebook and in print, and returned as matplotlib Figures so tests and notebooks
+can inspect or save them.  Importing this module changes no global state.
+"""
 
 from __future__ import annotations
-
-import matplotlib
-
-matplotlib.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3})
