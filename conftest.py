@@ -1,0 +1,18 @@
+"""Root conftest: nbval runs notebooks from here in quick mode, like the unit tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TLCOURSE_MODE", "quick")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """Point the course's cache at an empty folder for this test only."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TLCOURSE_CACHE", str(cache))
+    return cache
