@@ -1,4 +1,4 @@
-"""Root conftest: nbval runs notebooks from here in quick mode, like the unit tests."""
+"""Shared test set-up: unit tests and the notebooks nbval runs are all in quick mode."""
 
 from __future__ import annotations
 
