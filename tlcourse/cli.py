@@ -13,7 +13,9 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 def _notebooks(folder: Path) -> list[Path]:
-    found = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    from tlcourse.notebooks import notebook_files
+
+    found = notebook_files(folder)
     if not found:
         raise SystemExit(f"No notebooks (NN_topic.ipynb) found in {folder}; pass --notebooks DIR.")
     return found
@@ -79,6 +81,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r["ok"] for r in rows) else 1
 
 
+def cmd_student(args: argparse.Namespace) -> int:
+    """Write student copies: solutions removed, outputs cleared, the rest identical."""
+    from tlcourse.notebooks import write_student_copies
+
+    written = write_student_copies(Path(args.notebooks), Path(args.out))
+    print(f"Wrote {len(written)} student notebooks to {args.out}")
+    return 0
+
+
+def cmd_colab(args: argparse.Namespace) -> int:
+    """Rewrite every notebook's Colab badge and setup cell from notebooks.REPOSITORY."""
+    import nbformat
+
+    from tlcourse import notebooks
+
+    stale = []
+    for path in notebooks.notebook_files(Path(args.notebooks)):
+        nb = nbformat.read(path, as_version=4)
+        if notebooks.sync_colab(nb, path.name):
+            stale.append(path.name)
+            if not args.check:
+                nbformat.write(nb, path)
+    verb = "out of date" if args.check else "updated"
+    print(f"{len(stale)} notebooks {verb}" + (f": {', '.join(stale)}" if stale else ""))
+    return 1 if args.check and stale else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """A short report of the environment: versions, GPU, mode, what is cached or missing."""
+    import torch
+
+    from tlcourse import download, settings
+
+    s = settings.get_settings()
+    settings.check_versions()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
+    print(f"GPU: {gpu}")
+    print(f"mode: {s.mode} ({s.reason}); data set: {s.dataset}; architecture: {s.arch}")
+    print(f"cache: {s.cache_dir}")
+    for name, state in download.status().items():
+        print(f"  {name:<28} {state}")
+    return 0
+
+
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    """Download everything full mode needs, ahead of a workshop."""
+    from tlcourse import download
+
+    download.prefetch(args.what or None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlcourse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="build/run", help="folder for executed copies and summary")
     run.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 00 03")
     run.set_defaults(func=cmd_run)
+    student = sub.add_parser("student", help="write student copies without solutions")
+    student.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_topic.ipynb files")
+    student.add_argument("--out", default="build/student", help="folder for the student copies")
+    student.set_defaults(func=cmd_student)
+    colab = sub.add_parser("colab", help="rewrite Colab badges and setup cells from the repository setting")
+    colab.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_topic.ipynb files")
+    colab.add_argument("--check", action="store_true", help="only report notebooks that are out of date")
+    colab.set_defaults(func=cmd_colab)
+    check = sub.add_parser("check", help="report versions, GPU, mode and what is cached")
+    check.set_defaults(func=cmd_check)
+    prefetch = sub.add_parser("prefetch", help="download what full mode needs (data sets, weights)")
+    prefetch.add_argument("what", nargs="*", help="names to fetch (default: everything)")
+    prefetch.set_defaults(func=cmd_prefetch)
     return parser
 
 

@@ -1,0 +1,99 @@
+"""Every notebook follows the course's conventions; student copies hide solutions and still run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tlcourse import cli, notebooks
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = notebooks.notebook_files(ROOT / "notebooks")
+
+
+def test_there_are_lesson_notebooks():
+    assert NOTEBOOKS and NOTEBOOKS[0].name == "00_setup.ipynb"
+    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
+    assert numbers == list(range(len(numbers))), "notebooks are numbered 00, 01, ... without gaps"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_follows_the_conventions(path):
+    nb = nbformat.read(path, as_version=4)
+    assert notebooks.audit(nb, path.name) == []
+
+
+def test_colab_badges_and_setup_cells_match_the_repository_setting():
+    assert cli.main(["colab", "--check", "--notebooks", str(ROOT / "notebooks")]) == 0
+
+
+def test_sync_colab_rewrites_badge_and_setup_for_a_fork(monkeypatch):
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    monkeypatch.setattr(notebooks, "REPOSITORY", "someone/fork")
+    assert notebooks.sync_colab(nb, NOTEBOOKS[0].name)
+    assert "github/someone/fork/blob/main/notebooks/00_setup.ipynb" in nb.cells[0].source
+    assert any("https://github.com/someone/fork" in c.source for c in nb.cells)
+    assert notebooks.audit(nb, NOTEBOOKS[0].name) == []
+    assert not notebooks.sync_colab(nb, NOTEBOOKS[0].name)  # idempotent
+
+
+def test_audit_names_what_is_wrong():
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    solution = next(i for i, c in enumerate(nb.cells) if "solution" in c.metadata.get("tags", []))
+    del nb.cells[solution].metadata["jupyter"]
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="stale")]
+    problems = notebooks.audit(nb, NOTEBOOKS[0].name)
+    assert any("not collapsed" in p for p in problems)
+    assert any("stored with outputs" in p for p in problems)
+
+
+def _solution_lines(nb) -> set[str]:
+    """Lines that only solutions contain (not in the exercise cells, not comments or blanks)."""
+    exercise_lines = {line.strip() for c in nb.cells if "exercise" in c.metadata.get("tags", [])
+                      for line in c.source.splitlines()}
+    return {line.strip() for c in nb.cells if "solution" in c.metadata.get("tags", [])
+            for line in c.source.splitlines()
+            if line.strip() and not line.strip().startswith("#") and line.strip() not in exercise_lines}
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("student")
+    assert cli.main(["student", "--notebooks", str(ROOT / "notebooks"), "--out", str(out)]) == 0
+    return out
+
+
+def test_student_copies_contain_no_solution_text(student_dir):
+    for path in NOTEBOOKS:
+        original = nbformat.read(path, as_version=4)
+        copy = nbformat.read(student_dir / path.name, as_version=4)
+        text = "\n".join(c.source for c in copy.cells)
+        leaked = [line for line in _solution_lines(original) if line in text]
+        assert not leaked, f"{path.name}: solution lines survive: {leaked[:3]}"
+        assert not [c for c in copy.cells if "solution" in c.metadata.get("tags", [])]
+        kept = [c for c in original.cells if "solution" not in c.metadata.get("tags", [])]
+        assert [c.source for c in kept] == [c.source for c in copy.cells]  # the rest is identical
+        assert all("answer = ..." in c.source for c in copy.cells if "exercise" in c.metadata.get("tags", []))
+
+
+def test_student_copies_never_overwrite_the_originals():
+    with pytest.raises(ValueError, match="own folder"):
+        notebooks.write_student_copies(ROOT / "notebooks", ROOT / "notebooks")
+
+
+def test_student_copies_run_under_nbval(student_dir):
+    """The placeholders leave every check at 'not done yet', and every cell still runs."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--nbval-lax", "-o", "addopts=", "--rootdir", str(ROOT), str(student_dir)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_run_executes_a_notebook_and_summarises(tmp_path):
+    code = cli.main(["run", "--only", "00", "--out", str(tmp_path)])
+    summary = (tmp_path / "summary.md").read_text()
+    assert code == 0 and "00_setup.ipynb" in summary and "espresso" in summary
+    executed = nbformat.read(tmp_path / "00_setup.ipynb", as_version=4)
+    assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
