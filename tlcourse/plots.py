@@ -4,3 +4,561 @@ can inspect or save them.  Importing this module changes no global state.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from importlib import resources
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+
+# --- activations / lesson 01 -------------------------------------------------------
+
+#: Colour of each era in the ILSVRC chart.
+ERA_COLOURS = {"SVM": "tab:blue", "CNN": "tab:orange"}
+ILSVRC_COLUMNS = ("kind", "year", "team", "model", "label", "top5_error_pct", "era", "source", "note")
+
+
+def ilsvrc_table() -> pd.DataFrame:
+    """The ILSVRC classification winners 2010-2017 and the human-level estimate.
+
+    Read from ``tlcourse/ilsvrc.csv`` (package data), whose ``source`` column cites
+    where each figure comes from; ``kind`` is ``winner`` or ``human``.
+    """
+    with resources.files("tlcourse").joinpath("ilsvrc.csv").open(encoding="utf-8") as f:
+        table = pd.read_csv(f, keep_default_na=False)
+    missing = set(ILSVRC_COLUMNS) - set(table.columns)
+    if missing:
+        raise ValueError(f"tlcourse/ilsvrc.csv lacks the columns {sorted(missing)}; reinstall tlcourse.")
+    return table
+
+
+def plot_ilsvrc(table: pd.DataFrame | None = None) -> Figure:
+    """Bar chart of the winning top-5 error by year, coloured by era, human estimate dashed."""
+    table = ilsvrc_table() if table is None else table
+    winners = table[table["kind"] == "winner"].sort_values("year")
+    humans = table[table["kind"] == "human"]
+    fig, ax = plt.subplots(figsize=(10, 5.2))
+    colours = [ERA_COLOURS.get(era, "tab:grey") for era in winners["era"]]
+    bars = ax.bar(winners["year"], winners["top5_error_pct"], color=colours, width=0.7)
+    for bar, (_, row) in zip(bars, winners.iterrows()):
+        ax.annotate(f"{row['top5_error_pct']:g}%\n{row['label']}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    handles = [Patch(color=c, label=f"{era} era winner") for era, c in ERA_COLOURS.items()
+               if era in set(winners["era"])]
+    for _, row in humans.iterrows():
+        ax.axhline(row["top5_error_pct"], color="black", linestyle="--", linewidth=1.2)
+        handles.append(Line2D([], [], color="black", linestyle="--",
+                              label=f"human-level estimate: {row['top5_error_pct']:g}% ({row['label']})"))
+    ax.set_xticks(winners["year"])
+    ax.set_xlabel("ILSVRC year")
+    ax.set_ylabel("winning top-5 error (%)")
+    ax.set_ylim(0, winners["top5_error_pct"].max() * 1.2)
+    ax.set_title("ImageNet challenge (ILSVRC): top-5 classification error of the winner, by year")
+    ax.legend(handles=handles, loc="upper right")
+    fig.text(0.01, 0.005, "Data: tlcourse/ilsvrc.csv, from Russakovsky et al. (IJCV 2015) and the "
+             "winners' papers; its 'source' column cites each row.", fontsize=7, color="dimgray")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def _grid(n: int, ncols: int) -> tuple[int, int]:
+    ncols = max(1, min(ncols, n))
+    return math.ceil(n / ncols), ncols
+
+
+def _bare(ax) -> None:
+    """No ticks on an image axis (its ylabel, if any, stays visible)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_filters(weight: torch.Tensor, max_filters: int = 32, ncols: int = 8,
+                 title: str | None = None) -> Figure:
+    """Convolution filters ``(out, in, kh, kw)`` as small images, one per filter.
+
+    Each filter is scaled to [0, 1] on its own (its smallest weight black, its
+    largest white), so the pattern is visible whatever its magnitude.  Filters on
+    3 input channels are shown in colour (RGB), others as the mean over inputs.
+    """
+    w = weight.detach().float().cpu()
+    if w.dim() != 4:
+        raise ValueError(f"expected convolution weights (out, in, kh, kw), got shape {tuple(w.shape)}.")
+    total, channels, kh, kw = w.shape
+    w = w[:max_filters]
+    images = w.permute(0, 2, 3, 1) if channels == 3 else w.mean(dim=1, keepdim=True).permute(0, 2, 3, 1)
+    low = images.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
+    high = images.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
+    images = (images - low) / (high - low).clamp_min(1e-8)
+    nrows, ncols = _grid(len(images), ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.2 * ncols, 1.3 * nrows + 0.9), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < len(images):
+            img = images[i].numpy()
+            ax.imshow(img if channels == 3 else img[..., 0], cmap=None if channels == 3 else "gray",
+                      interpolation="nearest", vmin=0, vmax=1)
+            ax.set_title(f"filter {i}", fontsize=8)
+            _bare(ax)
+        else:
+            ax.axis("off")
+    colour = "RGB" if channels == 3 else "mean over inputs"
+    fig.suptitle(title or f"Convolution filters: {len(images)} of {total}, each {kh}×{kw} pixels "
+                 f"({colour}), each scaled to [0, 1] on its own", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _maps(maps: torch.Tensor) -> torch.Tensor:
+    maps = maps.detach().float().cpu()
+    if maps.dim() == 4 and maps.shape[0] == 1:
+        maps = maps[0]
+    if maps.dim() != 3:
+        raise ValueError(f"expected feature maps (C, H, W) or (1, C, H, W), got {tuple(maps.shape)}.")
+    return maps
+
+
+def top_channels(maps: torch.Tensor, n: int) -> list[int]:
+    """Indices of the ``n`` channels of ``maps`` (C, H, W) whose response varies most across
+    positions (largest standard deviation): the maps with visible structure, not flat ones."""
+    maps = _maps(maps)
+    return maps.flatten(1).std(dim=1).topk(min(n, maps.shape[0])).indices.tolist()
+
+
+def plot_feature_maps(maps: torch.Tensor, channels: Sequence[int] | None = None, n: int = 8,
+                      ncols: int = 8, title: str | None = None, cmap: str = "viridis") -> Figure:
+    """A grid of feature maps ``(C, H, W)``, one image per channel, titled by channel.
+
+    ``channels`` picks which; by default the ``n`` that vary most across the
+    image (:func:`top_channels`).  Each map is scaled to its own range (bright =
+    strongest response).
+    """
+    maps = _maps(maps)
+    chosen = list(channels) if channels is not None else top_channels(maps, n)
+    if not chosen:
+        raise ValueError("no channels to show: pass at least one channel index.")
+    bad = [c for c in chosen if not 0 <= int(c) < maps.shape[0]]
+    if bad:
+        raise ValueError(f"channels {bad} do not exist: this layer has {maps.shape[0]} (0 to "
+                         f"{maps.shape[0] - 1}).")
+    nrows, ncols = _grid(len(chosen), ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.6 * nrows + 0.9), squeeze=False)
+    for ax, c in zip(axes.flat, chosen):
+        ax.imshow(maps[int(c)].numpy(), cmap=cmap)
+        ax.set_title(f"channel {int(c)}", fontsize=8)
+        _bare(ax)
+    for ax in list(axes.flat)[len(chosen):]:
+        ax.axis("off")
+    c, h, w = maps.shape
+    fig.suptitle(title or f"Feature maps: {len(chosen)} of {c} channels, {h}×{w} positions",
+                 fontsize=11)
+    fig.text(0.5, 0.005, "each map scaled to its own range; bright = strong response",
+             ha="center", fontsize=7, color="dimgray")
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    return fig
+
+
+def plot_feature_comparison(columns: Mapping[str, Mapping[str, torch.Tensor]], n_channels: int = 4,
+                            title: str | None = None, cmap: str = "viridis") -> Figure:
+    """Feature maps of several models side by side: one panel per model, one row per layer.
+
+    ``columns`` maps a panel title (``"pretrained"``) to ``{layer name: maps}``,
+    every panel with the same layers.  Each row shows that model's ``n_channels``
+    most varied channels (:func:`top_channels`), each scaled to its own range.
+    """
+    if not columns:
+        raise ValueError("nothing to compare: pass {'panel title': {'layer': maps}, ...}.")
+    layers = list(next(iter(columns.values())))
+    for label, found in columns.items():
+        if list(found) != layers:
+            raise ValueError(f"panel {label!r} has layers {list(found)}, expected {layers} as in the first.")
+    fig = plt.figure(figsize=(1.6 * n_channels * len(columns) + 1.2, 1.75 * len(layers) + 1.0),
+                     layout="constrained")
+    panels = fig.subfigures(1, len(columns), wspace=0.04)
+    for panel, (label, found) in zip(list(getattr(panels, "flat", [panels])), columns.items()):
+        axes = panel.subplots(len(layers), n_channels, squeeze=False)
+        for row, layer in zip(axes, layers):
+            maps = _maps(found[layer])
+            chosen = top_channels(maps, n_channels)
+            for ax, c in zip(row, chosen):
+                ax.imshow(maps[c].numpy(), cmap=cmap)
+                ax.set_title(f"channel {c}", fontsize=8)
+                _bare(ax)
+            for ax in row[len(chosen):]:
+                ax.axis("off")
+            c, h, w = maps.shape
+            row[0].set_ylabel(f"{layer}\n{c} ch, {h}×{w}", fontsize=9)
+        panel.suptitle(label, fontsize=11)
+    fig.suptitle(title or "Feature maps side by side (most varied channels, each map scaled to its own range)",
+                 fontsize=12)
+    return fig
+
+
+def plot_predictions(images: Mapping[str, object], predictions: Mapping[str, Sequence[tuple[str, float]]],
+                     title: str | None = None) -> Figure:
+    """Photos in a row, each above a bar chart of its top-k classes and probabilities.
+
+    ``images`` maps a name to a PIL image (or array); ``predictions`` maps the same
+    names to ``[(class name, probability), ...]`` as ``models.top_k`` returns them.
+    Long class names are cut to their first synonym.
+    """
+    names = list(images)
+    fig, axes = plt.subplots(2, len(names), figsize=(3.3 * len(names), 6.2), squeeze=False,
+                             gridspec_kw={"height_ratios": (1.2, 1)})
+    for col, name in enumerate(names):
+        top, bottom = axes[0, col], axes[1, col]
+        top.imshow(images[name])
+        top.set_title(name, fontsize=10)
+        top.axis("off")
+        pairs = list(predictions[name])
+        labels = [label.split(",")[0][:24] for label, _ in pairs][::-1]
+        probs = [100 * p for _, p in pairs][::-1]
+        bottom.barh(labels, probs, color="tab:blue")
+        bottom.set_xlim(0, 100)
+        bottom.set_xlabel("probability (%)")
+        bottom.tick_params(axis="y", labelsize=8)
+        for y, p in enumerate(probs):
+            bottom.text(min(p + 2, 80), y, f"{p:.1f}%", va="center", fontsize=8)
+    fig.suptitle(title or f"Top-{len(pairs)} ImageNet classes for each photo", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+# --- features / lesson 02 ------------------------------------------------------------
+
+def plot_projections(panels: Mapping[str, tuple[object, object]], classes: Sequence[str],
+                     method: str = "PCA", title: str | None = None) -> Figure:
+    """2-D projections of feature sets side by side, one panel each, points coloured by class.
+
+    ``panels`` maps a panel title (``"pretrained"``) to ``(points, labels)``: an
+    ``(n, 2)`` array of coordinates and ``n`` class indices into ``classes``.
+    """
+    if not panels:
+        raise ValueError("nothing to plot: pass {'panel title': (points, labels), ...}.")
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), squeeze=False)
+    for ax, (label, (points, labels)) in zip(axes[0], panels.items()):
+        pts, ys = torch.as_tensor(points).float().numpy(), torch.as_tensor(labels).long().numpy()
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) != len(ys):
+            raise ValueError(f"panel {label!r}: expected (n, 2) points and n labels, got "
+                             f"{pts.shape} and {ys.shape}.")
+        for c, name in enumerate(classes):
+            keep = ys == c
+            ax.scatter(pts[keep, 0], pts[keep, 1], s=16, alpha=0.8, color=cmap(c % cmap.N), label=name)
+        ax.set_title(label, fontsize=11)
+        ax.set_xlabel(f"{method} axis 1 (arbitrary units)")
+        ax.set_ylabel(f"{method} axis 2 (arbitrary units)")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(classes), 8), fontsize=9,
+               title="class", markerscale=1.5)
+    fig.suptitle(title or f"Features projected to 2-D with {method}, coloured by class", fontsize=12)
+    fig.tight_layout(rect=(0, 0.1 if len(classes) <= 8 else 0.16, 1, 1))
+    return fig
+
+
+def plot_shots_curve(results: pd.DataFrame, chance: float | None = None,
+                     title: str | None = None) -> Figure:
+    """Validation accuracy against labelled images per class: mean line and min-max band per weights.
+
+    ``results`` has one row per run with columns ``weights``, ``shots``, ``seed``
+    and ``accuracy`` (a fraction), as ``features.shots_curve`` returns it.
+    """
+    missing = {"weights", "shots", "accuracy"} - set(results.columns)
+    if missing:
+        raise ValueError(f"results lacks the columns {sorted(missing)}; use features.shots_curve().")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (weights, runs) in enumerate(results.groupby("weights", sort=False)):
+        stats = runs.groupby("shots")["accuracy"].agg(["mean", "min", "max", "count"]).sort_index()
+        colour = plt.get_cmap("tab10")(i)
+        n_seeds = int(stats["count"].max())
+        ax.plot(stats.index, 100 * stats["mean"], marker="o", color=colour,
+                label=f"{weights}: mean of {n_seeds} seeds")
+        ax.fill_between(stats.index, 100 * stats["min"], 100 * stats["max"], color=colour, alpha=0.2,
+                        label=f"{weights}: min to max over seeds")
+    if chance is not None:
+        ax.axhline(100 * chance, color="black", linestyle="--", linewidth=1,
+                   label=f"chance ({100 * chance:.0f}%)")
+    shots = sorted(results["shots"].unique())
+    ax.set_xscale("log")
+    ax.set_xticks(shots)
+    ax.set_xticklabels([str(s) for s in shots])
+    ax.minorticks_off()
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("labelled training images per class (log scale)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title or "Linear probe on frozen features: accuracy against labelled images per class")
+    ax.legend(loc="best", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# --- training / lessons 03-04 ---------------------------------------------------------
+
+def _history(history):
+    """A ``training.History`` from a History or a Learner (read from its Recorder)."""
+    if hasattr(history, "recorder"):
+        from tlcourse.training import History
+
+        return History.of(history)
+    if not hasattr(history, "epochs") or not hasattr(history, "batches"):
+        raise ValueError("expected a training.History or a fastai Learner, "
+                         f"got {type(history).__name__}.")
+    return history
+
+
+def _stage_marks(ax, epochs: pd.DataFrame) -> None:
+    """Dotted vertical lines where a new training stage starts, labelled with its name."""
+    stages = epochs.groupby("stage", sort=False)["epoch"].agg(["min", "max"])
+    if len(stages) < 2:
+        return
+    for name, (first, _) in stages.iterrows():
+        ax.axvline(first - 1, color="grey", linestyle=":", linewidth=1)
+        ax.text(first - 1, 0.99, f" {name}", transform=ax.get_xaxis_transform(), rotation=90,
+                va="top", ha="left", fontsize=8, color="dimgray")
+
+
+def plot_training_curves(history, title: str | None = None) -> Figure:
+    """Training curves from fastai's Recorder: losses (left) and validation accuracy (right)
+    against epochs.
+
+    ``history`` is a ``training.History`` (several stages joined are marked by dotted
+    lines) or a Learner right after ``fit``.  The thin line is the smoothed training loss
+    of every batch; dots are the per-epoch training and validation losses.
+    """
+    h = _history(history)
+    e, b = h.epochs, h.batches
+    if not len(e):
+        raise ValueError("the history is empty: train first (fit, fit_one_cycle or fine_tune).")
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if len(b):
+        ax_loss.plot(b["epoch"], b["loss"], color="tab:blue", alpha=0.45, linewidth=1,
+                     label="training loss, each batch (smoothed)")
+    ax_loss.plot(e["epoch"], e["train_loss"], "o-", color="tab:blue", label="training loss, end of epoch")
+    ax_loss.plot(e["epoch"], e["valid_loss"], "s-", color="tab:orange", label="validation loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("cross-entropy loss (nats)")
+    ax_loss.set_title("Loss")
+    ax_loss.set_ylim(bottom=0)
+    ax_loss.legend(fontsize=8)
+    if "accuracy" in e:
+        ax_acc.plot(e["epoch"], 100 * e["accuracy"], "s-", color="tab:green", label="validation accuracy")
+        ax_acc.set_ylim(0, 100)
+        ax_acc.legend(fontsize=8, loc="lower right")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("validation accuracy (%)")
+    ax_acc.set_title("Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlim(0, float(e["epoch"].max()) + 0.2)
+        ax.grid(alpha=0.3)
+        _stage_marks(ax, e)
+    fig.suptitle(title or "Training curves", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_comparison(histories: Mapping[str, object], chance: float | None = None,
+                             title: str | None = None) -> Figure:
+    """Validation accuracy against epochs for several runs (``{label: History or Learner}``)."""
+    if not histories:
+        raise ValueError("nothing to compare: pass {'label': history, ...}.")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (label, history) in enumerate(histories.items()):
+        e = _history(history).epochs
+        if "accuracy" not in e:
+            raise ValueError(f"run {label!r} has no accuracy; create the learner with metrics=accuracy.")
+        ax.plot(e["epoch"], 100 * e["accuracy"], marker="os^Dv"[i % 5], color=plt.get_cmap("tab10")(i),
+                label=f"{label} (final {100 * e['accuracy'].iloc[-1]:.0f}%)")
+    if chance is not None:
+        ax.axhline(100 * chance, color="black", linestyle="--", linewidth=1, label=f"chance ({100 * chance:.0f}%)")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title or "Validation accuracy during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# --- experiments / lesson 05 ----------------------------------------------------------
+
+#: One colour per strategy, the same in every figure of lesson 05.
+STRATEGY_COLOURS = {"scratch": "tab:gray", "head-only": "tab:blue", "fine-tune": "tab:orange",
+                    "freeze-first-k": "tab:green"}
+
+
+def _need(df: pd.DataFrame, columns: set[str]) -> None:
+    missing = columns - set(df.columns)
+    if missing:
+        raise ValueError(f"the results lack the columns {sorted(missing)}; pass the DataFrame "
+                         "that experiments.run_grid() returns.")
+
+
+def _band(ax, x, runs: pd.DataFrame, column: str, colour, label: str, scale: float = 1.0,
+          marker: str = "o", linestyle: str = "-") -> None:
+    """Mean over seeds as a line, min to max over seeds as a shaded band."""
+    stats = runs.groupby(x)[column].agg(["mean", "min", "max", "count"]).sort_index()
+    ax.plot(stats.index, scale * stats["mean"], marker=marker, linestyle=linestyle, color=colour,
+            label=f"{label} (mean of {int(stats['count'].max())} seeds)")
+    ax.fill_between(stats.index, scale * stats["min"], scale * stats["max"], color=colour, alpha=0.18)
+
+
+def _chance(ax, df: pd.DataFrame) -> None:
+    if "n_classes" in df and df["n_classes"].nunique() == 1:
+        chance = 100 / float(df["n_classes"].iloc[0])
+        ax.axhline(chance, color="black", linestyle="--", linewidth=1, label=f"chance ({chance:.0f}%)")
+
+
+def plot_strategy_curves(df: pd.DataFrame, title: str | None = None) -> Figure:
+    """Learning curves of several strategies: validation accuracy (left) and losses (right).
+
+    ``df`` holds the epochs of one domain and one training-set size (several
+    strategies and seeds), as ``experiments.run_grid`` returns them.  Lines are means
+    over seeds, shaded bands span the lowest to the highest seed.
+    """
+    _need(df, {"strategy", "seed", "epoch", "accuracy", "valid_loss", "train_loss"})
+    for column in ("domain", "per_class"):
+        if column in df and df[column].nunique() > 1:
+            raise ValueError(f"the curves mix several values of {column!r}; select one first, "
+                             f"e.g. df[df.{column} == ...].")
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for strategy, runs in df.groupby("strategy", sort=False):
+        colour = STRATEGY_COLOURS.get(strategy, "tab:purple")
+        _band(ax_acc, "epoch", runs, "accuracy", colour, strategy, scale=100)
+        _band(ax_loss, "epoch", runs, "valid_loss", colour, f"{strategy}, validation")
+        _band(ax_loss, "epoch", runs, "train_loss", colour, f"{strategy}, training", marker="",
+              linestyle="--")
+    _chance(ax_acc, df)
+    ax_acc.set_ylim(0, 100)
+    ax_acc.set_ylabel("validation accuracy (%)")
+    ax_acc.set_title("Accuracy (shaded: min to max over seeds)")
+    ax_loss.set_ylim(bottom=0)
+    ax_loss.set_ylabel("cross-entropy loss (nats)")
+    ax_loss.set_title("Loss: validation (solid), training (dashed)")
+    for ax in (ax_acc, ax_loss):
+        ax.set_xlabel("epoch (passes over the training set)")
+        ax.set_xticks(sorted(df["epoch"].unique()))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title or "Learning curves under the same budget", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_size(df: pd.DataFrame, title: str | None = None) -> Figure:
+    """Final validation accuracy against training images per class, one line per strategy.
+
+    One panel per domain; the x axis is logarithmic because each size is a few
+    times the one before.  ``df`` is ``experiments.run_grid``'s result (only each
+    run's last epoch is used).
+    """
+    _need(df, {"domain", "strategy", "per_class", "seed", "epoch", "epochs", "accuracy"})
+    last = df[df.epoch == df.epochs]
+    domains = list(dict.fromkeys(last["domain"]))
+    fig, axes = plt.subplots(1, len(domains), figsize=(6.2 * len(domains), 4.6), squeeze=False,
+                             sharey=True)
+    for ax, domain in zip(axes[0], domains):
+        part = last[last.domain == domain]
+        for strategy, runs in part.groupby("strategy", sort=False):
+            _band(ax, "per_class", runs, "accuracy", STRATEGY_COLOURS.get(strategy, "tab:purple"),
+                  strategy, scale=100)
+        _chance(ax, part)
+        sizes = sorted(part["per_class"].unique())
+        ax.set_xscale("log")
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([str(s) for s in sizes])
+        ax.minorticks_off()
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("training images per class (log scale)")
+        ax.set_title(f"{domain}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    axes[0, 0].set_ylabel("final validation accuracy (%)")
+    fig.suptitle(title or "Accuracy against the size of the training set", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_frozen(df: pd.DataFrame, title: str | None = None) -> Figure:
+    """Final validation accuracy against the number of frozen body groups (Yosinski-style sweep).
+
+    ``df`` holds pretrained runs of one domain and size with their ``frozen_groups``
+    (0 = fine-tune everything, all groups = head only); scratch runs in ``df``, if
+    any, are drawn as a reference line.
+    """
+    _need(df, {"strategy", "frozen_groups", "seed", "epoch", "epochs", "accuracy"})
+    last = df[df.epoch == df.epochs]
+    pretrained = last[last.strategy != "scratch"]
+    if pretrained.empty:
+        raise ValueError("no pretrained runs to plot: the sweep freezes layers of a pretrained body.")
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    _band(ax, "frozen_groups", pretrained, "accuracy", STRATEGY_COLOURS["freeze-first-k"],
+          "pretrained, first k groups frozen", scale=100)
+    scratch = last[last.strategy == "scratch"]
+    if len(scratch):
+        mean = 100 * scratch["accuracy"].mean()
+        ax.axhline(mean, color=STRATEGY_COLOURS["scratch"], linestyle=":",
+                   label=f"scratch, nothing frozen (mean {mean:.0f}%)")
+    _chance(ax, last)
+    ks = sorted(pretrained["frozen_groups"].unique())
+    ax.set_xticks(ks)
+    n = int(last["n_groups"].max()) if "n_groups" in last else max(ks)
+    ax.set_xticklabels([f"{k}\n(fine-tune)" if k == 0 else f"{k}\n(head only)" if k == n else str(k)
+                        for k in ks])
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("k: body layer groups frozen, counted from the input (count)")
+    ax.set_ylabel("final validation accuracy (%)")
+    ax.set_title(title or "Freeze the first k groups, train the rest")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_strategy_guide(guide: pd.DataFrame, title: str | None = None) -> Figure:
+    """The measured strategy guide: training-set size (rows) by similarity to ImageNet (columns).
+
+    ``guide`` is ``experiments.strategy_guide``'s table.  Each cell is coloured by
+    the strategy that won there and says by how much, what the articles advise for
+    that amount of data and whether the measurement agrees.
+    """
+    _need(guide, {"similarity", "per_class", "winner", "winner_acc", "runner_up", "margin", "clear",
+                  "advice_text", "verdict", "gain_over_scratch"})
+    columns = [c for c in ("near", "far") if c in set(guide["similarity"])]
+    sizes = sorted(guide["per_class"].unique())
+    fig, ax = plt.subplots(figsize=(5.4 * len(columns) + 1.5, 1.9 * len(sizes) + 1.6))
+    marks = {"agrees": "✓ agrees", "disagrees": "✗ disagrees", "tie": "≈ within seed noise"}
+    for row in guide.itertuples():
+        x, y = columns.index(row.similarity), sizes.index(row.per_class)
+        colour = STRATEGY_COLOURS.get(row.winner, "tab:purple")
+        ax.add_patch(plt.Rectangle((x - 0.48, y - 0.46), 0.96, 0.92, color=colour, alpha=0.28))
+        how = "clear" if row.clear else "within seed noise"
+        text = (f"best: {row.winner} ({100 * row.winner_acc:.0f}%)\n"
+                f"+{100 * row.margin:.0f} pts over {row.runner_up} ({how})\n"
+                f"ImageNet start vs scratch: {100 * row.gain_over_scratch:+.0f} pts\n"
+                f"articles: {row.advice_text}\n→ {marks.get(row.verdict, row.verdict)}")
+        ax.text(x, y, text, ha="center", va="center", fontsize=8.5)
+    ax.set_xlim(-0.5, len(columns) - 0.5)
+    ax.set_ylim(-0.5, len(sizes) - 0.5)
+    ax.set_xticks(range(len(columns)))
+    labels = {"near": "near: photo-like, ImageNet helps", "far": "far: unlike ImageNet photos"}
+    names = guide.drop_duplicates("similarity").set_index("similarity")["domain"] \
+        if "domain" in guide else {}
+    ax.set_xticklabels([f"{labels[c]}\n({names[c]})" if c in names else labels[c] for c in columns])
+    ax.set_yticks(range(len(sizes)))
+    ax.set_yticklabels([str(s) for s in sizes])
+    ax.set_xlabel("similarity of the task to ImageNet (data set)")
+    ax.set_ylabel("training images per class (count)")
+    winners = list(dict.fromkeys(guide["winner"]))
+    ax.legend(handles=[Patch(color=STRATEGY_COLOURS.get(w, "tab:purple"), alpha=0.5, label=w)
+                       for w in winners], title="cell colour: best strategy", fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title or "The strategy guide, as measured")
+    fig.tight_layout()
+    return fig

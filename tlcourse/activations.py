@@ -1,0 +1,253 @@
+"""What a network computes inside: activations of named layers, a layer listing, an explorer.
+
+Layers are named as ``model.named_modules()`` names them (``"blocks.3"`` in timm's
+EfficientNet, ``"layer2"`` in torchvision's ResNet), so the same code works for any
+PyTorch model.  :func:`capture` registers forward hooks for the duration of a
+``with`` block and always removes them, also when the block raises, so a model
+never keeps hidden hooks that slow it down or hold on to memory.  The figures
+(filters, feature-map grids) are in :mod:`tlcourse.plots`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+ImageLike = Image.Image | torch.Tensor
+
+
+def layer_names(model: torch.nn.Module, max_depth: int | None = None) -> list[str]:
+    """Names of the model's sub-modules in forward-definition order (the root ``""`` left out).
+
+    ``max_depth=1`` keeps top-level names only (``"blocks"``), ``2`` also their
+    children (``"blocks.3"``), and so on; ``None`` keeps every name.
+    """
+    names = [name for name, _ in model.named_modules() if name]
+    if max_depth is not None:
+        names = [name for name in names if name.count(".") < max_depth]
+    return names
+
+
+def _modules(model: torch.nn.Module, layers: Sequence[str]) -> dict[str, torch.nn.Module]:
+    """The modules called ``layers``; a ValueError that lists valid names for a wrong one."""
+    found = dict(model.named_modules())
+    for name in layers:
+        if not isinstance(name, str) or not name or name not in found:
+            valid = layer_names(model)
+            close = difflib.get_close_matches(str(name), valid, n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(
+                f"{type(model).__name__} has no layer named {name!r}.{hint} Valid names include "
+                f"{', '.join(map(repr, layer_names(model, max_depth=2)[:8]))}, ...; "
+                "activations.layer_names(model) lists them all.")
+    return {name: found[name] for name in layers}
+
+
+def _as_list(layers: str | Sequence[str]) -> list[str]:
+    return [layers] if isinstance(layers, str) else list(layers)
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    """A module's output tensor (the first one when it returns a tuple or list)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return next((o for o in output if isinstance(o, torch.Tensor)), None)
+    return None
+
+
+@contextmanager
+def capture(model: torch.nn.Module, layers: str | Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of the named layers during the forward passes inside the block.
+
+    Yields a dict that fills up as the model runs: ``name -> output`` (detached, on
+    the CPU; the last call wins when a layer runs more than once).  The hooks are
+    removed when the block ends, normally or by an exception::
+
+        with capture(model, ["blocks.1", "blocks.5"]) as acts:
+            model(x)
+        acts["blocks.1"].shape
+    """
+    modules = _modules(model, _as_list(layers))
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(module, inputs, output):
+            tensor = _first_tensor(output)
+            if tensor is not None:
+                store[name] = tensor.detach().cpu()
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(hook_for(name)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def to_batch(model: torch.nn.Module, image: ImageLike) -> torch.Tensor:
+    """A batch the model accepts: a PIL image is preprocessed as the model was trained
+    (:func:`tlcourse.models.preprocess`); a tensor ``(3, H, W)`` gets a batch dimension."""
+    if isinstance(image, Image.Image):
+        from tlcourse.models import preprocess
+
+        return preprocess(model, image)
+    if isinstance(image, torch.Tensor) and image.dim() in (3, 4):
+        return image.unsqueeze(0) if image.dim() == 3 else image
+    raise TypeError(f"expected a PIL image or a tensor (3, H, W) / (N, 3, H, W), got "
+                    f"{type(image).__name__}{tuple(getattr(image, 'shape', ()))}.")
+
+
+@torch.no_grad()
+def activations(model: torch.nn.Module, image: ImageLike,
+                layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
+    """One forward pass in eval mode; the named layers' outputs, in the order asked.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    names = _as_list(layers)
+    was_training = model.training
+    model.eval()
+    try:
+        with capture(model, names) as store:
+            model(to_batch(model, image))
+    finally:
+        model.train(was_training)
+    missing = [n for n in names if n not in store]
+    if missing:
+        raise RuntimeError(f"layers {missing} did not run in the forward pass (or returned no "
+                           "tensor); pick layers that the model calls, such as its blocks.")
+    return {n: store[n] for n in names}
+
+
+def similarity(model: torch.nn.Module, images: Mapping[str, ImageLike], layer: str) -> pd.DataFrame:
+    """Cosine similarity between the images' outputs of ``layer`` (flattened), image by image.
+
+    Near 1 everywhere means the layer describes every image the same way: a new
+    classifier reading that layer would have nothing to tell them apart by.
+    """
+    if len(images) < 2:
+        raise ValueError("similarity compares images: pass at least two, as {'name': image}.")
+    batches = [to_batch(model, img) for img in images.values()]
+    if len({b.shape for b in batches}) == 1:  # one forward pass for all images
+        outputs = activations(model, torch.cat(batches), layer)[layer].flatten(1)
+    else:
+        outputs = torch.cat([activations(model, b, layer)[layer].flatten(1) for b in batches])
+    unit = torch.nn.functional.normalize(outputs.float(), dim=1)
+    return pd.DataFrame((unit @ unit.T).numpy(), index=list(images), columns=list(images))
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def layer_table(model: torch.nn.Module, input_size: Sequence[int] = (3, 224, 224),
+                max_depth: int | None = 2) -> pd.DataFrame:
+    """One row per layer: ``name``, ``type``, ``output_shape`` (one image, no batch
+    dimension) for an input of ``input_size``, and ``params`` (including sub-layers).
+
+    Runs one forward pass on zeros with temporary hooks (removed afterwards).
+    ``max_depth`` as in :func:`layer_names`; layers that do not run have no shape.
+    """
+    names = layer_names(model, max_depth)
+    modules = _modules(model, names)
+    was_training = model.training
+    model.eval()
+    try:
+        with capture(model, names) as store:
+            model(torch.zeros(1, *input_size))
+    finally:
+        model.train(was_training)
+    rows = [{"name": n, "type": type(m).__name__,
+             "output_shape": tuple(store[n].shape[1:]) if n in store else None,
+             "params": _count(m)} for n, m in modules.items()]
+    table = pd.DataFrame(rows, columns=["name", "type", "output_shape", "params"])
+    table.attrs["input_size"] = tuple(input_size)
+    return table
+
+
+def first_conv(model: torch.nn.Module) -> tuple[str, torch.nn.Conv2d]:
+    """The first 2-D convolution that sees the image (3 input channels), with its name."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3:
+            return name, module
+    raise ValueError(f"{type(model).__name__} has no Conv2d with 3 input channels; "
+                     "pass the filters you want to show to plots.plot_filters yourself.")
+
+
+# --- interactive explorer ----------------------------------------------------------
+
+@dataclass
+class Explorer:
+    """The explorer's widget and a static figure of its default selection."""
+
+    widget: Any
+    figure: Figure
+
+
+def explore(model: torch.nn.Module, images: Mapping[str, ImageLike], layers: Sequence[str],
+            n_channels: int = 8) -> Explorer:
+    """An ipywidgets explorer of feature maps: choose image, layer and channels.
+
+    Returns the widget (show it with ``display(explorer.widget)``) and a static
+    figure of the default selection, which is what readers see where widgets are
+    not rendered (a static viewer, nbval, a PDF).  Each image runs through the
+    model once, on first use; changing the layer or channels reuses the result.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from tlcourse import plots
+
+    if not images:
+        raise ValueError("explore needs at least one image: pass a dict such as {'coffee': photo}.")
+    layers = _as_list(layers)
+    _modules(model, layers)  # fail early, with the list of valid names
+    cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    def maps_of(image: str, layer: str) -> torch.Tensor:
+        if image not in cache:
+            cache[image] = activations(model, images[image], layers)
+        return cache[image][layer][0]
+
+    def figure(image: str, layer: str, order: str, first: int, count: int, note: str = "") -> Figure:
+        maps = maps_of(image, layer)
+        ranked = (plots.top_channels(maps, maps.shape[0]) if order == "most varied first"
+                  else list(range(maps.shape[0])))
+        first = min(first, len(ranked) - 1)
+        chosen = ranked[first:first + count]
+        return plots.plot_feature_maps(
+            maps, channels=chosen,
+            title=f"{image}: layer {layer!r}, {len(chosen)} of {maps.shape[0]} channels ({order}){note}")
+
+    def draw(image: str, layer: str, order: str, first_channel: int, count: int) -> None:
+        fig = figure(image, layer, order, first_channel, count)
+        display(fig)
+        plt.close(fig)
+
+    widest = max(maps_of(next(iter(images)), layer).shape[0] for layer in layers)
+    widget = widgets.interactive(
+        draw,
+        image=widgets.Dropdown(options=list(images), description="image"),
+        layer=widgets.Dropdown(options=layers, description="layer"),
+        order=widgets.ToggleButtons(options=["most varied first", "channel index"],
+                                    description="order"),
+        first_channel=widgets.IntSlider(value=0, min=0, max=widest - 1, description="first"),
+        count=widgets.IntSlider(value=n_channels, min=1, max=32, description="how many"),
+    )
+    static = figure(next(iter(images)), layers[0], "most varied first", 0, n_channels,
+                    note="\nstatic view of the explorer's default selection")
+    return Explorer(widget=widget, figure=static)
