@@ -129,7 +129,11 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
     """Download everything full mode needs, ahead of a workshop."""
     from tlcourse import download
 
-    download.prefetch(args.what or None)
+    try:
+        download.prefetch(args.what or None)
+    except (download.DownloadError, ValueError) as err:
+        print(err, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,7 +9,7 @@ Offline (quick mode, tests):
   shape, which is what ImageNet features are good at.  See ``datasets.md``.
 * ``digits``: scikit-learn's real handwritten digits (8x8 grey), the far domain.
 
-Full mode adds ``pets``, Oxford-IIIT Pets through fastai's ``untar_data``.
+Full mode adds ``pets``, Oxford-IIIT Pets from fastai's URL (see ``download.py``).
 
 Every generated set is written once into the cache, with a manifest, and reused.
 """
@@ -27,9 +27,7 @@ from fastai.vision.all import (
     DataLoaders,
     ImageDataLoaders,
     Resize,
-    URLs,
     aug_transforms,
-    untar_data,
 )
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -178,8 +176,14 @@ def make_digits(root: Path | None = None, train_per_class: int = 50, valid_per_c
 
 
 def pets_path() -> Path:
-    """Oxford-IIIT Pets, downloaded by fastai's ``untar_data`` (full mode only)."""
-    return untar_data(URLs.PETS) / "images"
+    """Oxford-IIIT Pets photos, from fastai's URL through :mod:`tlcourse.download` (full mode).
+
+    The download is resumable and checked; a failure raises ``download.DownloadError``
+    with one short message saying how to go on.
+    """
+    from tlcourse import download
+
+    return download.pets_images()
 
 
 def dataset_path(name: str | None = None, settings: Settings | None = None) -> Path:

@@ -126,5 +126,8 @@ def learner(dls: DataLoaders, pretrained: bool = True, arch: str | None = None, 
     if arch.startswith("resnet"):
         from torchvision import models as tvm
 
-        return vision_learner(dls, getattr(tvm, arch), pretrained=pretrained, **kwargs)
+        from tlcourse import download
+
+        with download.explained(f"{arch} ImageNet weights"):
+            return vision_learner(dls, getattr(tvm, arch), pretrained=pretrained, **kwargs)
     return vision_learner(dls, arch, pretrained=pretrained, **extra, **kwargs)
