@@ -25,20 +25,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def folder_items(root: Path) -> pd.DataFrame:
-    """An items() table for a generated set outside the cache."""
-    files = sorted(root.glob("*/*/*.png"))
-    df = pd.DataFrame({"fname": [str(p.relative_to(root)) for p in files],
-                       "label": [p.parent.name for p in files],
-                       "is_valid": [p.parts[-3] == "valid" for p in files]})
-    df.attrs["path"] = str(root)
-    return df
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> pd.DataFrame:
     root = tmp_path_factory.mktemp("tiny") / "shapes"
-    return folder_items(data.make_shapes(root=root, train_per_class=3, valid_per_class=2, size=32))
+    return data.folder_items(data.make_shapes(root=root, train_per_class=3, valid_per_class=2, size=32))
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +121,7 @@ def test_each_key_change_recomputes(change, fresh_cache, tmp_path, tiny, random_
         body = features.backbone(pretrained=False, seed=1)
     elif change == "data_pixels":  # same file names, other generator seed
         root = data.make_shapes(root=tmp_path / "shapes", train_per_class=3, valid_per_class=2, size=32, seed=1)
-        df = folder_items(root)
+        df = data.folder_items(root)
         assert list(df["fname"]) == list(tiny["fname"])
     elif change == "data_files":
         df = data.subsample(tiny, per_class=2, seed=0)

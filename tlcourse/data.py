@@ -200,6 +200,16 @@ def dataset_path(name: str | None = None, settings: Settings | None = None) -> P
     return make_digits(train_per_class=min(train, 150), valid_per_class=min(valid, 25))
 
 
+def folder_items(root: Path) -> pd.DataFrame:
+    """The items table of a generated set in ``root`` (``train/<class>/*.png``, ``valid/...``)."""
+    files = sorted(Path(root).glob("*/*/*.png"))
+    df = pd.DataFrame({"fname": [str(p.relative_to(root)) for p in files],
+                       "label": [p.parent.name for p in files],
+                       "is_valid": [p.parts[-3] == "valid" for p in files]})
+    df.attrs["path"] = str(root)
+    return df
+
+
 def items(name: str | None = None, settings: Settings | None = None) -> pd.DataFrame:
     """One row per image: ``fname`` (relative to ``df.attrs['path']``), ``label``, ``is_valid``."""
     s = settings or get_settings()
@@ -211,13 +221,9 @@ def items(name: str | None = None, settings: Settings | None = None) -> pd.DataF
         rng = np.random.default_rng(42)
         df = pd.DataFrame({"fname": [p.name for p in files], "label": labels,
                            "is_valid": rng.random(len(files)) < 0.2})
-    else:
-        files = sorted(root.glob("*/*/*.png"))
-        df = pd.DataFrame({"fname": [str(p.relative_to(root)) for p in files],
-                           "label": [p.parent.name for p in files],
-                           "is_valid": [p.parts[-3] == "valid" for p in files]})
-    df.attrs["path"] = str(root)
-    return df
+        df.attrs["path"] = str(root)
+        return df
+    return folder_items(root)
 
 
 def subsample(df: pd.DataFrame, per_class: int | None, seed: int = 0) -> pd.DataFrame:

@@ -166,7 +166,8 @@ def _md5_first_mib(path: Path) -> str:
         return hashlib.md5(f.read(1 << 20)).hexdigest()
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (weights and archives can be large)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -181,7 +182,7 @@ def verify(res: Resource, path: Path) -> str | None:
         return f"it has {size:,} bytes instead of {res.size:,}"
     if res.md5_first_mib is not None and _md5_first_mib(path) != res.md5_first_mib:
         return "its checksum differs from the published one"
-    if res.sha256_prefix is not None and not _sha256(path).startswith(res.sha256_prefix):
+    if res.sha256_prefix is not None and not sha256_file(path).startswith(res.sha256_prefix):
         return "its SHA-256 differs from the published one"
     return None
 

