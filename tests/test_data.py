@@ -73,3 +73,15 @@ def test_dataloaders_use_the_mode_sizes():
 def test_unknown_data_set_is_a_clear_error():
     with pytest.raises(ValueError, match="shapes, digits, pets"):
         data.dataset_path("imagenet")
+
+
+def test_full_mode_digits_fit_every_class(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLCOURSE_MODE", "full")
+    monkeypatch.setenv("TLCOURSE_CACHE", str(tmp_path))
+    root = data.dataset_path("digits")
+    assert len(list(root.glob("train/8/*.png"))) == 145
+
+
+def test_a_tiny_training_set_still_gets_a_batch():
+    dls = data.get_dls(per_class=1, seed=0)
+    assert len(dls.train) >= 1  # five images, batch size capped at five

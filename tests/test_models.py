@@ -57,3 +57,11 @@ def test_learner_freezes_all_but_head_and_batchnorm(tmp_path):
     assert mean == pytest.approx([0.5, 0.5, 0.5])  # the backbone's own normalisation
     learn.unfreeze()
     assert all(p.requires_grad for p in learn.model.parameters())
+
+
+def test_converting_the_weights_leaves_the_callers_seed_alone(fresh_cache):
+    torch.manual_seed(0)
+    models.weights_path()  # first call: converts
+    after_conversion = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(1), after_conversion)

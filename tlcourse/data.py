@@ -197,7 +197,8 @@ def dataset_path(name: str | None = None, settings: Settings | None = None) -> P
     train, valid = (s.train_per_class or 150), (s.valid_per_class or 30)
     if name == "shapes":
         return make_shapes(train_per_class=train, valid_per_class=valid)
-    return make_digits(train_per_class=min(train, 150), valid_per_class=min(valid, 25))
+    # load_digits has 174 to 183 images a class: 145 + 25 fits every class.
+    return make_digits(train_per_class=min(train, 145), valid_per_class=min(valid, 25))
 
 
 def folder_items(root: Path) -> pd.DataFrame:
@@ -251,7 +252,10 @@ def get_dls(name: str | None = None, per_class: int | None = None, seed: int = 0
     per_class = per_class if per_class is not None else s.train_per_class
     df = subsample(df, per_class, seed)
     batch_tfms = aug_transforms(size=s.image_size, min_scale=0.75) if augment else None
+    # fastai drops the last incomplete training batch: a batch larger than the
+    # training set would leave nothing to train on.
+    n_train = int((~df.is_valid).sum())
     return ImageDataLoaders.from_df(
         df, path=df.attrs["path"], fn_col="fname", label_col="label", valid_col="is_valid",
-        item_tfms=Resize(s.image_size), batch_tfms=batch_tfms, bs=min(s.batch_size, len(df)),
+        item_tfms=Resize(s.image_size), batch_tfms=batch_tfms, bs=max(1, min(s.batch_size, n_train)),
         seed=seed, device=s.device, num_workers=0, **kwargs)

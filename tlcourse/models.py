@@ -45,7 +45,8 @@ def source_weights() -> Path:
 def _convert(target: Path) -> None:
     """Rename the packaged tensors to timm's names and save them atomically with a hash."""
     source = torch.load(source_weights(), map_location="cpu", weights_only=True)
-    names = timm.create_model(OFFLINE_ARCH, pretrained=False).state_dict()
+    with torch.random.fork_rng():  # building the template must not move the caller's seed
+        names = timm.create_model(OFFLINE_ARCH, pretrained=False).state_dict()
     if len(source) != len(names) or any(a.shape != b.shape for a, b in zip(source.values(), names.values())):
         raise RuntimeError("The packaged EfficientNet-Lite0 weights no longer match timm's "
                            f"{OFFLINE_ARCH}; pin timm to a version this course was tested with.")
