@@ -312,15 +312,17 @@ def _history(history):
     return history
 
 
-def _stage_marks(ax, epochs: pd.DataFrame) -> None:
-    """Dotted vertical lines where a new training stage starts, labelled with its name."""
+def _stage_marks(ax, epochs: pd.DataFrame, labels: bool = False) -> None:
+    """Dotted vertical lines where a new training stage starts; with ``labels`` its name is
+    written along the bottom of the axes, where accuracy curves leave room."""
     stages = epochs.groupby("stage", sort=False)["epoch"].agg(["min", "max"])
     if len(stages) < 2:
         return
     for name, (first, _) in stages.iterrows():
         ax.axvline(first - 1, color="grey", linestyle=":", linewidth=1)
-        ax.text(first - 1, 0.99, f" {name}", transform=ax.get_xaxis_transform(), rotation=90,
-                va="top", ha="left", fontsize=8, color="dimgray")
+        if labels:
+            ax.text(first - 1, 0.02, f" {name}", transform=ax.get_xaxis_transform(),
+                    va="bottom", ha="left", fontsize=7.5, color="dimgray")
 
 
 def plot_training_curves(history, title: str | None = None) -> Figure:
@@ -328,7 +330,7 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
     against epochs.
 
     ``history`` is a ``training.History`` (several stages joined are marked by dotted
-    lines) or a Learner right after ``fit``.  The thin line is the smoothed training loss
+    lines and named along the bottom of the accuracy panel) or a Learner right after ``fit``.  The thin line is the smoothed training loss
     of every batch; dots are the per-epoch training and validation losses.
     """
     h = _history(history)
@@ -349,14 +351,14 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
     if "accuracy" in e:
         ax_acc.plot(e["epoch"], 100 * e["accuracy"], "s-", color="tab:green", label="validation accuracy")
         ax_acc.set_ylim(0, 100)
-        ax_acc.legend(fontsize=8, loc="lower right")
+        ax_acc.legend(fontsize=8, loc="upper right")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("validation accuracy (%)")
     ax_acc.set_title("Accuracy")
     for ax in (ax_loss, ax_acc):
         ax.set_xlim(0, float(e["epoch"].max()) + 0.2)
         ax.grid(alpha=0.3)
-        _stage_marks(ax, e)
+        _stage_marks(ax, e, labels=ax is ax_acc)
     fig.suptitle(title or "Training curves", fontsize=12)
     fig.tight_layout()
     return fig
@@ -400,12 +402,13 @@ def _need(df: pd.DataFrame, columns: set[str]) -> None:
                          "that experiments.run_grid() returns.")
 
 
-def _band(ax, x, runs: pd.DataFrame, column: str, colour, label: str, scale: float = 1.0,
+def _band(ax, x, runs: pd.DataFrame, column: str, colour, label: str | None, scale: float = 1.0,
           marker: str = "o", linestyle: str = "-") -> None:
-    """Mean over seeds as a line, min to max over seeds as a shaded band."""
+    """Mean over seeds as a line, min to max over seeds as a shaded band (no legend entry
+    when ``label`` is None)."""
     stats = runs.groupby(x)[column].agg(["mean", "min", "max", "count"]).sort_index()
     ax.plot(stats.index, scale * stats["mean"], marker=marker, linestyle=linestyle, color=colour,
-            label=f"{label} (mean of {int(stats['count'].max())} seeds)")
+            label=None if label is None else f"{label} (mean of {int(stats['count'].max())} seeds)")
     ax.fill_between(stats.index, scale * stats["min"], scale * stats["max"], color=colour, alpha=0.18)
 
 
@@ -431,9 +434,8 @@ def plot_strategy_curves(df: pd.DataFrame, title: str | None = None) -> Figure:
     for strategy, runs in df.groupby("strategy", sort=False):
         colour = STRATEGY_COLOURS.get(strategy, "tab:purple")
         _band(ax_acc, "epoch", runs, "accuracy", colour, strategy, scale=100)
-        _band(ax_loss, "epoch", runs, "valid_loss", colour, f"{strategy}, validation")
-        _band(ax_loss, "epoch", runs, "train_loss", colour, f"{strategy}, training", marker="",
-              linestyle="--")
+        _band(ax_loss, "epoch", runs, "valid_loss", colour, strategy)
+        _band(ax_loss, "epoch", runs, "train_loss", colour, None, marker="", linestyle="--")
     _chance(ax_acc, df)
     ax_acc.set_ylim(0, 100)
     ax_acc.set_ylabel("validation accuracy (%)")
@@ -533,12 +535,13 @@ def plot_strategy_guide(guide: pd.DataFrame, title: str | None = None) -> Figure
     columns = [c for c in ("near", "far") if c in set(guide["similarity"])]
     sizes = sorted(guide["per_class"].unique())
     fig, ax = plt.subplots(figsize=(5.4 * len(columns) + 1.5, 1.9 * len(sizes) + 1.6))
-    marks = {"agrees": "✓ agrees", "disagrees": "✗ disagrees", "tie": "≈ within seed noise"}
+    marks = {"agrees": "✓ agrees", "disagrees": "✗ disagrees", "tie": "≈ tie: within the noise"}
     for row in guide.itertuples():
         x, y = columns.index(row.similarity), sizes.index(row.per_class)
         colour = STRATEGY_COLOURS.get(row.winner, "tab:purple")
-        ax.add_patch(plt.Rectangle((x - 0.48, y - 0.46), 0.96, 0.92, color=colour, alpha=0.28))
-        how = "clear" if row.clear else "within seed noise"
+        ax.add_patch(plt.Rectangle((x - 0.48, y - 0.46), 0.96, 0.92, color=colour,
+                                   alpha=0.3 if row.clear else 0.1))
+        how = "clear" if row.clear else "within the noise"
         text = (f"best: {row.winner} ({100 * row.winner_acc:.0f}%)\n"
                 f"+{100 * row.margin:.0f} pts over {row.runner_up} ({how})\n"
                 f"ImageNet start vs scratch: {100 * row.gain_over_scratch:+.0f} pts\n"
@@ -547,7 +550,7 @@ def plot_strategy_guide(guide: pd.DataFrame, title: str | None = None) -> Figure
     ax.set_xlim(-0.5, len(columns) - 0.5)
     ax.set_ylim(-0.5, len(sizes) - 0.5)
     ax.set_xticks(range(len(columns)))
-    labels = {"near": "near: photo-like, ImageNet helps", "far": "far: unlike ImageNet photos"}
+    labels = {"near": "near: photo-like images", "far": "far: unlike ImageNet's photos"}
     names = guide.drop_duplicates("similarity").set_index("similarity")["domain"] \
         if "domain" in guide else {}
     ax.set_xticklabels([f"{labels[c]}\n({names[c]})" if c in names else labels[c] for c in columns])
@@ -557,7 +560,7 @@ def plot_strategy_guide(guide: pd.DataFrame, title: str | None = None) -> Figure
     ax.set_ylabel("training images per class (count)")
     winners = list(dict.fromkeys(guide["winner"]))
     ax.legend(handles=[Patch(color=STRATEGY_COLOURS.get(w, "tab:purple"), alpha=0.5, label=w)
-                       for w in winners], title="cell colour: best strategy", fontsize=8,
+                       for w in winners], title="cell colour: best strategy\n(pale: not a clear win)", fontsize=8,
               loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title or "The strategy guide, as measured")
     fig.tight_layout()

@@ -36,6 +36,12 @@ class Settings:
     valid_per_class: int | None
     shots: tuple[int, ...]
     seeds: tuple[int, ...]
+    #: Lesson 05's experiments: epochs per run, training images per class in the
+    #: data-size sweep, seeds, and how many body groups to freeze in the freeze-depth sweep.
+    sweep_epochs: int
+    sweep_sizes: tuple[int, ...]
+    sweep_seeds: tuple[int, ...]
+    sweep_frozen: tuple[int, ...]
     cache_dir: Path
 
     def __str__(self) -> str:
@@ -124,6 +130,7 @@ def get_settings() -> Settings:
             image_size=96, batch_size=16, epochs=8,
             train_per_class=20, valid_per_class=20,
             shots=(1, 2, 5, 10, 20), seeds=(0, 1, 2),
+            sweep_epochs=4, sweep_sizes=(2, 5, 20), sweep_seeds=(0, 1), sweep_frozen=(3, 6),
             cache_dir=cache_dir(),
         )
     return Settings(
@@ -132,5 +139,7 @@ def get_settings() -> Settings:
         image_size=224, batch_size=64, epochs=4,
         train_per_class=None, valid_per_class=None,
         shots=(1, 2, 5, 10, 20, 50, 100), seeds=(0, 1, 2),
+        sweep_epochs=5, sweep_sizes=(2, 10, 50, 150), sweep_seeds=(0, 1, 2),
+        sweep_frozen=(2, 4, 6, 8),
         cache_dir=cache_dir(),
     )
