@@ -1,0 +1,406 @@
+"""Looking inside fastai's transfer-learning recipe (lessons 03 and 04).
+
+fastai's ``vision_learner`` cuts a pretrained network into a *body* and a new
+*head*, splits the parameters into *layer groups* and freezes every group but the
+last.  ``freeze_to``, ``unfreeze``, discriminative learning rates (``slice``) and
+``fine_tune`` all act on those groups.  The helpers here make the groups visible:
+parameter counts per group (trainable, frozen, BatchNorm), the learning rate the
+optimiser holds for each group, a splitter that cuts a timm body into several
+groups, a VGG-style custom head, and ``fine_tune`` and gradual unfreezing written
+out step by step.  Training histories are read from fastai's ``Recorder``, and
+``fresh_learner`` makes runs with the same seed repeat exactly.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from fastai.torch_core import norm_bias_params, params
+from fastai.vision.all import Callback, Learner, set_seed
+from torch import nn
+
+from tlcourse import data, models
+
+#: fine_tune's settings in lesson 04 (fastai's defaults are 2e-3 and 100).  The course's shapes
+#: differ from ImageNet photos in what matters, so the body needs to move more than fastai's
+#: defaults allow; a sweep over the quick-mode seeds picked these.  Tests use the same values.
+BASE_LR = 5e-3
+LR_MULT = 3
+
+# --- layer groups -------------------------------------------------------------------
+
+
+def split_body(model: nn.Module, n_body_groups: int = 3) -> list[list[nn.Parameter]]:
+    """Parameter groups of a ``vision_learner`` model: the body cut into ``n_body_groups``
+    consecutive groups (early layers first), then the head.
+
+    The body's stages are the ones ``experiments.body_groups`` finds (for
+    EfficientNet: the stem, the 7 stages of ``blocks``, the last 1x1 convolution),
+    shared out as evenly as possible.  fastai's own split of a timm model is only
+    ``[body, head]``; with more body groups ``freeze_to(-2)``, ``freeze_to(-3)`` ...
+    open the body from the top down, and ``slice(lo, hi)`` spreads learning rates
+    over the groups.
+    """
+    from tlcourse.experiments import body_groups
+
+    if not isinstance(model, nn.Sequential) or len(model) < 2:
+        raise ValueError("split_body expects a vision_learner model, nn.Sequential(body, head); "
+                         f"got {type(model).__name__}.")
+    stages = body_groups(model[0])
+    if not 1 <= n_body_groups <= len(stages):
+        raise ValueError(f"n_body_groups must be between 1 and {len(stages)} (the body's stages), "
+                         f"got {n_body_groups}.")
+    chunks = np.array_split(np.arange(len(stages)), n_body_groups)
+    groups = [[p for i in chunk for p in stages[i].parameters()] for chunk in chunks]
+    groups.append(list(params(model[1:])))
+    return groups
+
+
+def four_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Splitter for ``vision_learner``: early, middle and late body, then the head.
+
+    A module-level function (not a lambda) so that ``learn.export`` can pickle it.
+    """
+    return split_body(model, n_body_groups=3)
+
+
+def group_names(n_groups: int) -> list[str]:
+    """Readable names for ``n_groups`` layer groups: the body's parts, then the head."""
+    n_body = n_groups - 1
+    if n_body == 1:
+        return ["body", "head"]
+    if n_body == 3:
+        return ["body: early", "body: middle", "body: late", "head"]
+    return [f"body {i + 1}/{n_body}" for i in range(n_body)] + ["head"]
+
+
+def _layer_name(param_name: str) -> str:
+    """Short name of the layer a parameter belongs to: ``0.model.blocks.3.1.conv.weight``
+    gives ``blocks.3`` (a stage of the body), ``1.4.weight`` gives ``head``."""
+    parts = param_name.split(".")
+    if parts[0] != "0":
+        return "head"
+    parts = parts[2:] if len(parts) > 2 and parts[1] == "model" else parts[1:]
+    return ".".join(parts[:2]) if parts[0] in ("blocks", "stages", "layers", "features") else parts[0]
+
+
+def param_summary(learn: Learner) -> pd.DataFrame:
+    """One row per layer group: the layers in it, parameters in all, trainable, frozen,
+    trainable ones in BatchNorm layers, and the group's learning rate in the optimiser.
+
+    Reads ``requires_grad`` of each parameter, so it shows exactly what the next
+    ``fit`` will update.
+    """
+    if learn.opt is None:
+        learn.create_opt()
+    norm_ids = {id(p) for p in norm_bias_params(learn.model, with_bias=False)}
+    layer_of = {id(p): _layer_name(n) for n, p in learn.model.named_parameters()}
+    rows = []
+    names = group_names(len(learn.opt.param_lists))
+    for name, plist, hyper in zip(names, learn.opt.param_lists, learn.opt.hypers):
+        total = sum(p.numel() for p in plist)
+        trainable = sum(p.numel() for p in plist if p.requires_grad)
+        bn = sum(p.numel() for p in plist if p.requires_grad and id(p) in norm_ids)
+        layers = list(dict.fromkeys(layer_of.get(id(p), "?") for p in plist))
+        shown = ", ".join(layers) if len(layers) <= 4 else f"{layers[0]} ... {layers[-1]}"
+        rows.append(dict(group=name, layers=shown, params=total, trainable=trainable,
+                         frozen=total - trainable, trainable_in_batchnorm=bn, lr=float(hyper["lr"])))
+    df = pd.DataFrame(rows)
+    total = df[["params", "trainable", "frozen", "trainable_in_batchnorm"]].sum()
+    df.loc[len(df)] = dict(group="total", layers="", **total.to_dict(), lr=float("nan"))
+    return df
+
+
+def params_by_layer_type(module: nn.Module) -> pd.DataFrame:
+    """Parameters of ``module`` per layer type (Conv2d, BatchNorm2d, Linear ...): how many
+    layers, parameters in all, trainable and frozen ones."""
+    rows = []
+    for sub in module.modules():
+        own = list(sub.parameters(recurse=False))
+        if own:
+            total = sum(p.numel() for p in own)
+            trainable = sum(p.numel() for p in own if p.requires_grad)
+            rows.append(dict(layer_type=type(sub).__name__, layers=1, params=total, trainable=trainable,
+                             frozen=total - trainable))
+    if not rows:
+        raise ValueError(f"{type(module).__name__} has no parameters.")
+    return (pd.DataFrame(rows).groupby("layer_type").sum()
+            .sort_values("params", ascending=False).reset_index())
+
+
+def group_lrs(learn: Learner) -> list[float]:
+    """The learning rate of every layer group, read from the optimiser (early groups first)."""
+    if learn.opt is None:
+        learn.create_opt()
+    return [float(h["lr"]) for h in learn.opt.hypers]
+
+
+def set_lrs(learn: Learner, lr: float | slice) -> list[float]:
+    """Give the optimiser ``lr`` exactly as ``fit_one_cycle(..., lr)`` would, and return
+    the resulting per-group rates (the *peak* rates of a one-cycle schedule)."""
+    if learn.opt is None:
+        learn.create_opt()
+    learn.opt.set_hyper("lr", lr)
+    return group_lrs(learn)
+
+
+def expected_lrs(lr: float | slice, n_groups: int) -> list[float]:
+    """fastai's rule for spreading ``lr`` over ``n_groups`` layer groups, written out.
+
+    * a number: every group gets it;
+    * ``slice(hi)``: the head gets ``hi``, every other group ``hi / 10``;
+    * ``slice(lo, hi)``: rates from ``lo`` (earliest group) to ``hi`` (head), evenly
+      spaced on a log scale (each group's rate is the previous one times a constant).
+    """
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be at least 1, got {n_groups}.")
+    if not isinstance(lr, slice):
+        return [float(lr)] * n_groups
+    if lr.stop is None:
+        raise ValueError("A learning-rate slice needs a stop value: slice(hi) or slice(lo, hi).")
+    if not lr.start:
+        return [lr.stop / 10] * (n_groups - 1) + [float(lr.stop)]
+    if n_groups == 1:
+        return [float(lr.stop)]
+    return [float(v) for v in np.geomspace(lr.start, lr.stop, n_groups)]
+
+
+# --- a VGG-style head ---------------------------------------------------------------
+
+
+@torch.no_grad()
+def body_output_shape(body: nn.Module, image_size: int) -> tuple[int, int, int]:
+    """(channels, height, width) of what ``body`` returns for one ``image_size`` image.
+
+    Found with one forward pass of a dummy image in eval mode (so BatchNorm's running
+    statistics are untouched); the body's training mode is restored afterwards.
+    """
+    was_training = body.training
+    device = next(body.parameters()).device
+    try:
+        out = body.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        body.train(was_training)
+    if out.ndim != 4:
+        raise ValueError(f"Expected the body to return a feature map (batch, channels, height, width), "
+                         f"got shape {tuple(out.shape)}.")
+    return tuple(int(v) for v in out.shape[1:])
+
+
+def vgg_head(in_shape: tuple[int, int, int], n_out: int, hidden: int = 256, p: float = 0.6) -> nn.Sequential:
+    """The classic Keras VGG16 recipe as a PyTorch head: flatten the feature map, a dense
+    layer of ``hidden`` units with ReLU, dropout ``p``, a dense output layer.
+
+    Unlike fastai's default head it keeps every spatial position (no pooling), so its
+    size depends on the image size through ``in_shape``.
+    """
+    c, h, w = in_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(inplace=True),
+                         nn.Dropout(p), nn.Linear(hidden, n_out))
+
+
+# --- training recipes written out ---------------------------------------------------
+
+
+def fine_tune_by_hand(learn: Learner, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
+                      lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0,
+                      record: list | None = None) -> None:
+    """Exactly what ``learn.fine_tune(epochs, base_lr, freeze_epochs, ...)`` does (fastai 2.7-2.8).
+
+    1. freeze the body and train the head for ``freeze_epochs`` (one cycle whose rate
+       rises for 99% of the steps);
+    2. halve the base rate, unfreeze, and train everything for ``epochs`` with rates
+       from ``base_lr / 2 / lr_mult`` (earliest group) to ``base_lr / 2`` (head).
+
+    With ``record`` (a list) the ``History`` of each step is appended to it.
+    """
+    learn.freeze()
+    learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99)
+    if record is not None:
+        record.append(History.of(learn, "head only"))
+    base_lr /= 2
+    learn.unfreeze()
+    learn.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div)
+    if record is not None:
+        record.append(History.of(learn, "all groups"))
+
+
+def gradual_schedule(total_epochs: int, freeze_epochs: int = 1) -> list[tuple[int, int]]:
+    """``(freeze_to argument, epochs)`` for gradual unfreezing of a four-group learner
+    within ``total_epochs``: the head for ``freeze_epochs``, then ``freeze_to(-2)``,
+    ``freeze_to(-3)`` and ``unfreeze`` share the rest (later stages get any extra epoch)."""
+    rest = total_epochs - freeze_epochs
+    if freeze_epochs < 1 or rest < 3:
+        raise ValueError(f"Need freeze_epochs >= 1 and at least 3 epochs after it; got "
+                         f"total_epochs={total_epochs}, freeze_epochs={freeze_epochs}.")
+    shares = [len(a) for a in np.array_split(np.arange(rest), 3)][::-1]
+    return [(-1, freeze_epochs)] + list(zip((-2, -3, 0), shares))
+
+
+def gradual_unfreeze(learn: Learner, total_epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
+                     lr_mult: float = 100, record: list | None = None) -> None:
+    """Unfreeze one layer group at a time, from the head down, with the same rates as
+    ``fine_tune``: ``slice(base_lr)`` for the head alone, then ``slice(base_lr/2/lr_mult,
+    base_lr/2)`` while the groups open up.  The learner needs at least four groups
+    (use ``splitter=four_groups``)."""
+    if len(learn.opt.param_lists if learn.opt else learn.splitter(learn.model)) < 4:
+        raise ValueError("Gradual unfreezing with freeze_to(-2), freeze_to(-3) needs at least four "
+                         "layer groups; create the learner with splitter=training.four_groups.")
+    names = {-1: "head only", -2: "freeze_to(-2)", -3: "freeze_to(-3)", 0: "unfreeze"}
+    for n, epochs in gradual_schedule(total_epochs, freeze_epochs):
+        learn.freeze_to(n)
+        if n == -1:
+            learn.fit_one_cycle(epochs, slice(base_lr), pct_start=0.99)
+        else:
+            lr = base_lr / 2
+            learn.fit_one_cycle(epochs, slice(lr / lr_mult, lr), pct_start=0.3, div=5.0)
+        if record is not None:
+            record.append(History.of(learn, names[n]))
+
+
+class GroupLrs(Callback):
+    """Record the learning rate of every layer group at every training batch.
+
+    fastai's Recorder keeps only the last group's rate; this callback keeps them all,
+    so you can see what the optimiser really used.  ``table()`` gives one row per
+    batch; ``peaks()`` the largest rate of each group in each ``fit`` call.  Runs of
+    ``lr_find`` are skipped.
+    """
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.fit_index = -1
+
+    def _finding(self) -> bool:
+        from fastai.callback.schedule import LRFinder
+
+        return any(isinstance(cb, LRFinder) for cb in self.learn.cbs)
+
+    def before_fit(self):
+        if not self._finding():
+            self.fit_index += 1
+
+    def after_batch(self):
+        if self.training and not self._finding():
+            row = {"fit": self.fit_index}
+            row.update({f"group {i}": float(h["lr"]) for i, h in enumerate(self.opt.hypers)})
+            self.rows.append(row)
+
+    def table(self) -> pd.DataFrame:
+        """One row per training batch: ``fit`` (0 for the first fit call) and each group's rate."""
+        return pd.DataFrame(self.rows)
+
+    def peaks(self) -> pd.DataFrame:
+        """The largest rate of each group in each fit call (the peak of a one-cycle schedule)."""
+        if not self.rows:
+            raise ValueError("no rates recorded yet: add the callback and train first.")
+        return self.table().groupby("fit").max()
+
+
+# --- histories from the Recorder ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class History:
+    """What fastai's ``Recorder`` saw during one or more ``fit`` calls.
+
+    ``epochs``: one row per epoch (``epoch`` counts from 1 across stages, ``stage``,
+    ``train_loss``, ``valid_loss`` and the metrics).  ``batches``: one row per training
+    batch (``epoch`` as a fraction, ``stage``, smoothed ``loss``, ``lr`` of the head).
+    """
+
+    epochs: pd.DataFrame
+    batches: pd.DataFrame
+
+    @classmethod
+    def of(cls, learn: Learner, stage: str = "") -> History:
+        """The history of the learner's most recent ``fit`` (the Recorder keeps only that one)."""
+        rec = learn.recorder
+        names = [n for n in rec.metric_names[1:] if n != "time"]
+        values = [list(v)[: len(names)] for v in rec.values]
+        epochs = pd.DataFrame(values, columns=names, dtype=float)
+        epochs.insert(0, "epoch", np.arange(1, len(epochs) + 1))
+        epochs.insert(1, "stage", stage)
+        n_epochs = max(len(rec.values), 1)
+        per_epoch = (len(rec.losses) / n_epochs) or 1
+        batches = pd.DataFrame({"epoch": (np.arange(len(rec.losses)) + 1) / per_epoch, "stage": stage,
+                                "loss": [float(v) for v in rec.losses], "lr": [float(v) for v in rec.lrs]})
+        return cls(epochs, batches)
+
+    def then(self, other: History) -> History:
+        """This history followed by ``other``, whose epochs are shifted to continue on."""
+        shift = float(self.epochs["epoch"].max()) if len(self.epochs) else 0.0
+        e, b = other.epochs.copy(), other.batches.copy()
+        e["epoch"] += shift
+        b["epoch"] += shift
+        return History(pd.concat([self.epochs, e], ignore_index=True),
+                       pd.concat([self.batches, b], ignore_index=True))
+
+    @classmethod
+    def join(cls, parts: list[History]) -> History:
+        """Stages recorded one after the other, as one history."""
+        if not parts:
+            raise ValueError("join needs at least one History.")
+        out = parts[0]
+        for part in parts[1:]:
+            out = out.then(part)
+        return out
+
+    @property
+    def final_accuracy(self) -> float:
+        """Validation accuracy after the last epoch."""
+        if "accuracy" not in self.epochs or not len(self.epochs):
+            raise ValueError("This history has no accuracy column; create the learner with metrics=accuracy.")
+        return float(self.epochs["accuracy"].iloc[-1])
+
+
+def fresh_learner(seed: int = 0, dls_kwargs: dict | None = None, **kwargs) -> Learner:
+    """New DataLoaders and a new ``models.learner`` from one seed, so that two calls with
+    the same seed and the same training code give the same numbers.
+
+    The seed is set *before* the DataLoaders are built: a fastai DataLoader draws the
+    seed of its own shuffling from Python's ``random`` module when it is created, so a
+    ``set_seed`` after that point would not repeat the order of the batches.
+    Unless ``path=`` is given, ``learn.path`` (where fastai writes lr_find's checkpoint
+    and, by default, exports) is a scratch folder of this Python process, deleted when it
+    exits: export to a path of your own to keep a learner.
+    """
+    set_seed(seed, reproducible=True)
+    dls = data.get_dls(seed=seed, **(dls_kwargs or {}))
+    kwargs.setdefault("path", _session_scratch())
+    return models.learner(dls, **kwargs)
+
+
+_SCRATCH: list[Path] = []
+
+
+def _session_scratch() -> Path:
+    """One scratch folder per Python process, deleted when the process exits."""
+    if not _SCRATCH or not _SCRATCH[0].is_dir():
+        import atexit
+        import shutil
+
+        path = scratch_dir()
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        _SCRATCH[:] = [path]
+    return _SCRATCH[0]
+
+
+def scratch_dir(prefix: str = "tlcourse-") -> Path:
+    """A new private temporary folder (for ``learn.path``: lr_find's checkpoint, exports).
+
+    fastai writes under ``learn.path``, which defaults to the data folder; a private
+    folder keeps the data untouched and two notebooks running at once apart.
+    """
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+__all__ = ["BASE_LR", "LR_MULT", "GroupLrs", "History", "body_output_shape", "expected_lrs",
+           "fine_tune_by_hand", "four_groups", "fresh_learner", "gradual_schedule", "gradual_unfreeze",
+           "group_lrs", "group_names", "param_summary", "params_by_layer_type", "scratch_dir", "set_lrs",
+           "split_body", "vgg_head"]
