@@ -17,6 +17,28 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 
+# --- shared finishing touches --------------------------------------------------------
+
+def _log_x(ax, values) -> None:
+    """A log-scale x axis whose ticks are exactly ``values``, written as plain numbers."""
+    ax.set_xscale("log")
+    ax.set_xticks(values)
+    ax.set_xticklabels([str(v) for v in values])
+    ax.minorticks_off()
+
+
+def _accuracy_axes(ax, xlabel: str, title: str, ylabel: str | None = "validation accuracy (%)",
+                   legend_size: int = 9, legend_loc: str = "best") -> None:
+    """Label an accuracy-in-percent axis the same way in every figure of the course."""
+    ax.set_ylim(0, 100)
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size, loc=legend_loc)
+
+
 # --- activations / lesson 01 -------------------------------------------------------
 
 #: Colour of each era in the ILSVRC chart.
@@ -283,17 +305,9 @@ def plot_shots_curve(results: pd.DataFrame, chance: float | None = None,
     if chance is not None:
         ax.axhline(100 * chance, color="black", linestyle="--", linewidth=1,
                    label=f"chance ({100 * chance:.0f}%)")
-    shots = sorted(results["shots"].unique())
-    ax.set_xscale("log")
-    ax.set_xticks(shots)
-    ax.set_xticklabels([str(s) for s in shots])
-    ax.minorticks_off()
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("labelled training images per class (log scale)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(title or "Linear probe on frozen features: accuracy against labelled images per class")
-    ax.legend(loc="best", fontsize=9)
-    ax.grid(alpha=0.3)
+    _log_x(ax, sorted(results["shots"].unique()))
+    _accuracy_axes(ax, "labelled training images per class (log scale)",
+                   title or "Linear probe on frozen features: accuracy against labelled images per class")
     fig.tight_layout()
     return fig
 
@@ -378,12 +392,7 @@ def plot_accuracy_comparison(histories: Mapping[str, object], chance: float | No
                 label=f"{label} (final {100 * e['accuracy'].iloc[-1]:.0f}%)")
     if chance is not None:
         ax.axhline(100 * chance, color="black", linestyle="--", linewidth=1, label=f"chance ({100 * chance:.0f}%)")
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(title or "Validation accuracy during training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="lower right")
+    _accuracy_axes(ax, "epoch", title or "Validation accuracy during training", legend_loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -471,16 +480,8 @@ def plot_accuracy_vs_size(df: pd.DataFrame, title: str | None = None) -> Figure:
             _band(ax, "per_class", runs, "accuracy", STRATEGY_COLOURS.get(strategy, "tab:purple"),
                   strategy, scale=100)
         _chance(ax, part)
-        sizes = sorted(part["per_class"].unique())
-        ax.set_xscale("log")
-        ax.set_xticks(sizes)
-        ax.set_xticklabels([str(s) for s in sizes])
-        ax.minorticks_off()
-        ax.set_ylim(0, 100)
-        ax.set_xlabel("training images per class (log scale)")
-        ax.set_title(f"{domain}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        _log_x(ax, sorted(part["per_class"].unique()))
+        _accuracy_axes(ax, "training images per class (log scale)", f"{domain}", ylabel=None, legend_size=8)
     axes[0, 0].set_ylabel("final validation accuracy (%)")
     fig.suptitle(title or "Accuracy against the size of the training set", fontsize=12)
     fig.tight_layout()
@@ -513,12 +514,9 @@ def plot_accuracy_vs_frozen(df: pd.DataFrame, title: str | None = None) -> Figur
     n = int(last["n_groups"].max()) if "n_groups" in last else max(ks)
     ax.set_xticklabels([f"{k}\n(fine-tune)" if k == 0 else f"{k}\n(head only)" if k == n else str(k)
                         for k in ks])
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("k: body layer groups frozen, counted from the input (count)")
-    ax.set_ylabel("final validation accuracy (%)")
-    ax.set_title(title or "Freeze the first k groups, train the rest")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _accuracy_axes(ax, "k: body layer groups frozen, counted from the input (count)",
+                   title or "Freeze the first k groups, train the rest",
+                   ylabel="final validation accuracy (%)", legend_size=8)
     fig.tight_layout()
     return fig
 
