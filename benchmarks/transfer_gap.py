@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import statistics
 
-from fastai.vision.all import set_seed
-
-from tlcourse import data, models
+from tlcourse import training
 from tlcourse.settings import get_settings
 
 PRETRAINED_LR, SCRATCH_LR = 2e-2, 2e-3
 
 
 def accuracy_after_training(pretrained: bool, seed: int, per_class: int = 20) -> float:
-    """Validation accuracy of one run (seeded right before data and model are made)."""
+    """Validation accuracy of one run (``fresh_learner`` seeds it before data and model are made)."""
     s = get_settings()
-    set_seed(seed, reproducible=True)
-    dls = data.get_dls(per_class=per_class, seed=seed)
-    learn = models.learner(dls, pretrained=pretrained)
+    learn = training.fresh_learner(seed, dls_kwargs={"per_class": per_class}, pretrained=pretrained)
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(s.epochs, PRETRAINED_LR if pretrained else SCRATCH_LR)
         return float(learn.validate()[1])

@@ -299,10 +299,6 @@ def train_run(run: Run, settings: Settings) -> list[dict]:
     and the learner are built, so the same run gives the same numbers again.
     """
     s = replace(settings, batch_size=batch_size(run, settings))
-    if run.pretrained:
-        # The first call converts the offline weights, which draws random numbers (it builds
-        # a model); do it before seeding so that the first run equals every later one.
-        models.timm_kwargs(s.arch)
     set_seed(run.seed, reproducible=True)
     dls = data.get_dls(run.domain, per_class=run.per_class, seed=run.seed, settings=s)
     log = EpochLog(run.epochs, run.every_epoch)
