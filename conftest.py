@@ -9,6 +9,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
+from tlcourse import settings  # noqa: E402
+
+# The tests run in quick mode on a CPU: the same thread count as the notebooks (settings.set_threads).
+settings.set_threads(settings.get_settings())
+
 
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ def measure(df: pd.DataFrame, image_size: int, batch_size: int, repeats: int = 2
     """Epoch times through the frozen pretrained body and on its features, for ``df``'s training images."""
     torch.manual_seed(seed)
     body, _ = features.backbone(pretrained=True)
-    train = df[~df["is_valid"]]
+    train = df[df["split"] == "train"]
     if max_images is not None and len(train) > max_images:
         train = train.sample(n=max_images, random_state=seed)
     images, labels = features.load_images(train, features.default_transform(body, image_size),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import ipywidgets
 import matplotlib.pyplot as plt
 import numpy as np
@@ -255,14 +257,17 @@ def test_check_layer_output_shape(capsys):
     assert exercises.check_layer_output_shape(...) is None
 
 
-def test_check_helmet_labels(capsys):
-    right = [n for n in models.imagenet_labels() if "helmet" in n.lower()]
-    assert exercises.check_helmet_labels(right) is True
-    assert exercises.check_helmet_labels(right[:1]) is False
+def test_check_cat_classes(capsys):
+    right = [i for i, n in enumerate(models.imagenet_labels()) if re.search(r"\bcat\b", n.lower())]
+    assert 281 in right and 484 not in right  # tabby in, catamaran out
+    assert exercises.check_cat_classes(right) is True
+    assert "lesser panda" in capsys.readouterr().out
+    assert exercises.check_cat_classes(list(range(281, 286))) is False
     assert "missing" in capsys.readouterr().out
-    assert exercises.check_helmet_labels(right + ["astronaut"]) is False
-    assert exercises.check_helmet_labels("football helmet") is False
-    assert exercises.check_helmet_labels(...) is None
+    assert exercises.check_cat_classes(right + [484]) is False
+    assert "catamaran" in capsys.readouterr().out
+    assert exercises.check_cat_classes(["tabby, tabby cat"]) is False
+    assert exercises.check_cat_classes(...) is None
 
 
 def test_similarity_is_a_labelled_cosine_matrix(resnet):
@@ -292,3 +297,77 @@ def test_plot_predictions_shows_each_photo_with_its_top_classes():
     assert bars.get_xlabel() == "probability (%)"
     assert [t.get_text() for t in bars.get_yticklabels()] == ["lynx", "tiger cat"]  # first synonym
     assert [p.get_width() for p in bars.patches] == pytest.approx([30, 60])
+
+
+# --- top-activating patches --------------------------------------------------------
+
+def test_batch_activations_stops_at_the_layer_and_matches_a_full_pass(effnet):
+    batch = torch.stack([image(0), image(1), image(2)])
+    effnet.train()
+    try:
+        maps = activations.batch_activations(effnet, batch, "blocks.2", chunk=2)
+        assert effnet.training  # mode restored
+    finally:
+        effnet.eval()
+    full = activations.activations(effnet, batch, "blocks.2")["blocks.2"]
+    assert maps.shape == full.shape == (3, 40, 8, 8)
+    assert torch.allclose(maps, full, atol=1e-4, rtol=1e-4)
+    assert hooks(effnet) == 0
+    with pytest.raises(ValueError, match="no layer named"):
+        activations.batch_activations(effnet, batch, "blocks.99")
+    assert hooks(effnet) == 0
+
+
+def test_strongest_takes_each_image_once_at_its_peak():
+    maps = torch.zeros(3, 2, 4, 5)
+    maps[0, 1, 2, 3] = 5.0
+    maps[0, 1, 0, 0] = 4.0  # the same image's second peak is not listed
+    maps[2, 1, 1, 4] = 3.0
+    maps[1, 0, 3, 3] = 9.0  # another channel
+    assert activations.strongest(maps, 1, 2) == [(0, 2, 3), (2, 1, 4)]
+    assert len(activations.strongest(maps, 1, 10)) == 3
+    with pytest.raises(ValueError, match="channel"):
+        activations.strongest(maps, 2, 1)
+
+
+def test_patch_box_is_centred_on_the_cell_and_stays_inside():
+    assert activations.patch_box(7, 7, (14, 14), (224, 224), 48) == (96, 96, 144, 144)
+    assert activations.patch_box(0, 13, (14, 14), (224, 224), 48) == (0, 176, 48, 224)
+    top, left, bottom, right = activations.patch_box(3, 0, (7, 7), (112, 224), 64)
+    assert bottom - top == 64 and right - left == 64 and left == 0
+
+
+def test_selective_channels_prefers_channels_that_fire_on_some_images_only():
+    maps = torch.ones(4, 3, 2, 2)
+    maps[0, 2] = 10.0  # channel 2 fires on one image only
+    maps[:, 1] = 5.0  # channel 1 is strong everywhere: no spread
+    assert activations.selective_channels(maps, 1) == [2]
+    assert len(activations.selective_channels(maps, 10)) == 3
+
+
+def test_top_patches_cut_pixels_from_the_unnormalised_input(effnet):
+    batch = torch.stack([image(0), image(1), image(2)]).clamp(-1, 1)
+    found = activations.top_patches(effnet, batch, "blocks.2", [0, 5], k=2)
+    assert list(found) == [0, 5]
+    assert all(len(p) == 2 and p[0].shape == (3, 24, 24) for p in found.values())  # 3 cells of 8 px
+    assert all(0 <= float(t.min()) and float(t.max()) <= 1 for p in found.values() for t in p)
+    assert torch.allclose(activations.unnormalise(effnet, batch), batch * 0.5 + 0.5)
+    again = activations.top_patches(effnet, batch, "blocks.2", [5], k=1, patch=10,
+                                    maps=activations.batch_activations(effnet, batch, "blocks.2"))
+    assert again[5][0].shape == (3, 10, 10)
+    assert hooks(effnet) == 0
+
+
+def test_plot_top_patches_draws_one_row_per_channel_and_panel():
+    patch = torch.rand(3, 8, 8)
+    panels = {"pretrained": {4: [patch] * 3, 9: [patch] * 3}, "random": {1: [patch] * 3, 2: [patch] * 2}}
+    fig = plots.plot_top_patches(panels, title="patches")
+    assert fig._suptitle.get_text() == "patches"
+    assert [sub._suptitle.get_text() for sub in fig.subfigs] == ["pretrained", "random"]
+    assert len([ax for ax in fig.axes if ax.images]) == 11
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels == ["channel 4", "channel 9", "channel 1", "channel 2"]
+    with pytest.raises(ValueError, match="same"):
+        plots.plot_top_patches({"a": {1: [patch]}, "b": {1: [patch], 2: [patch]}})
+    with pytest.raises(ValueError, match="nothing"):
+        plots.plot_top_patches({})

@@ -237,7 +237,8 @@ def test_single_class_is_a_clear_error(tmp_path):
     with pytest.raises(checker.FolderError, match=r"Only one class \(cat, 5 images\)") as info:
         checker.check(tmp_path / "pics")
     assert "Add a subfolder" in str(info.value)
-    assert info.value._render_traceback_() == [f"FolderError: {info.value}"]
+    shown = info.value._render_traceback_()
+    assert shown[0] == f"FolderError: {info.value}" and "The full report:" in shown  # the report follows
     result = info.value.result
     assert not result.ok and "only one class" in result.summary()
     with pytest.raises(checker.FolderError):
@@ -316,18 +317,25 @@ def test_train_valid_layout(tmp_path):
     assert res.classes == {"cat": 5, "dog": 4}
     assert res.items.is_valid.sum() == 3
     assert {(i.kind, i.path) for i in res.issues} >= {("valid_only", "valid/bird/bird_0.jpg"),
-                                                      ("outside_class", "test/")}
+                                                      ("not_a_class", "test/")}
 
 
 def test_demo_folder_has_every_kind_the_lesson_shows(tmp_path):
-    root = checker.make_demo_folder(tmp_path / "demo", per_class=4, size=48)
+    from tlcourse import data
+
+    root = checker.make_demo_folder(tmp_path / "demo", per_class=12)
     before = checker.fingerprint(root)
-    res = checker.check(root, min_per_class=4)
+    res = checker.check(root, min_per_class=2)
     found = {i.kind for i in res.issues}
-    assert found == {"unreadable", "duplicate_across", "duplicate_within", "wrong_extension", "mode",
-                     "small", "few_images", "odd_name", "hidden", "outside_class", "empty_class"}
-    assert len(res.classes) == 4 and checker.fingerprint(root) == before
-    (root / "circle" / "circle_001.jpg").write_bytes(b"changed")
+    assert found == {"unreadable", "needs_plugin", "bad_pixels", "duplicate_across", "duplicate_within",
+                     "wrong_extension", "mode", "small", "odd_name", "imbalance", "hidden",
+                     "not_a_class", "outside_class", "empty_class"}
+    assert set(res.classes) == {"cat", "dog"} and checker.fingerprint(root) == before
+    photos = {p.name: p.read_bytes() for p in data.pets_dir().glob("*.jpg")}
+    copied = [p for p in (root / "cat").glob("*.jpg") if p.name in photos]
+    assert len(copied) == 12 and all(p.read_bytes() == photos[p.name] for p in copied)  # real photos
+    assert all(p.name[0].isupper() for p in copied)  # cat breeds only
+    os.utime(copied[0], ns=(0, 0))  # touched, not rewritten: the fingerprint sees it too
     assert checker.fingerprint(root) != before
 
 

@@ -1,87 +1,112 @@
-"""Offline data sets: deterministic, in fastai's folder layout, the right sizes."""
+"""The packaged data sets: counts, checksums, a fixed test split, loaders, and a wheel that carries them."""
 
 import hashlib
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from tlcourse import data
+from tlcourse.settings import get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def _digest(root):
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*.png")):
-        h.update(str(p.relative_to(root)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
+def test_pets_sample_counts_split_and_licence():
+    df = data.items("pet_breeds")
+    assert len(df) == 370 and df.label.nunique() == 37
+    counts = df.groupby(["label", "split"]).size().unstack()
+    assert (counts["train"] == 5).all() and (counts["valid"] == 2).all() and (counts["test"] == 3).all()
+    assert {n for n in df.label if n[0].isupper()} and len({n for n in df.label if n[0].isupper()}) == 12
+    first = Image.open(Path(df.attrs["path"]) / df.fname[0])
+    assert min(first.size) == 160 and first.mode == "RGB"
+    licence = (data.pets_dir().parent / "LICENSE.txt").read_text()
+    assert "CC BY-SA 4.0" in licence and "Parkhi" in licence
 
 
-def test_shapes_layout_sizes_and_determinism(tmp_path):
-    a = data.make_shapes(tmp_path / "a", train_per_class=3, valid_per_class=2, size=40, seed=7)
-    b = data.make_shapes(tmp_path / "b", train_per_class=3, valid_per_class=2, size=40, seed=7)
-    assert sorted(p.name for p in (a / "train").iterdir()) == sorted(data.SHAPES)
-    assert len(list(a.glob("train/*/*.png"))) == 3 * len(data.SHAPES)
-    assert len(list(a.glob("valid/*/*.png"))) == 2 * len(data.SHAPES)
-    img = Image.open(next(a.glob("train/star/*.png")))
-    assert img.size == (40, 40) and img.mode == "RGB"
-    assert _digest(a) == _digest(b)
-    c = data.make_shapes(tmp_path / "c", train_per_class=3, valid_per_class=2, size=40, seed=8)
-    assert _digest(a) != _digest(c)
+def test_cats_dogs_has_balanced_valid_and_test_covering_every_breed():
+    df = data.items("cats_dogs")
+    counts = df.groupby(["split", "label"]).size().unstack()
+    assert counts.loc["test", "cat"] == counts.loc["test", "dog"] == 36
+    assert counts.loc["valid", "cat"] == counts.loc["valid", "dog"] == 24
+    assert counts.loc["train", "cat"] == 60 and counts.loc["train", "dog"] == 125
+    assert df[df.split == "test"].breed.nunique() == 37
+    assert df.is_valid.equals(df.split == "valid")
 
 
-def test_generated_set_is_reused_and_remade_when_incomplete(tmp_path):
-    root = data.make_shapes(tmp_path / "s", train_per_class=2, valid_per_class=1, size=32)
-    first = next(root.glob("train/circle/*.png"))
-    stamp = first.stat().st_mtime_ns
-    data.make_shapes(tmp_path / "s", train_per_class=2, valid_per_class=1, size=32)
-    assert first.stat().st_mtime_ns == stamp  # reused, not rewritten
-    first.unlink()
-    data.make_shapes(tmp_path / "s", train_per_class=2, valid_per_class=1, size=32)
-    assert first.is_file()  # remade because the manifest no longer matched
+def test_fashion_subset_is_balanced_and_written_once(fresh_cache):
+    arrays = data.fashion_arrays()
+    assert arrays["train_x"].shape == (6000, 28, 28) and arrays["train_x"].dtype == np.uint8
+    for split, n in (("train", 600), ("valid", 100), ("test", 100)):
+        assert (np.bincount(arrays[f"{split}_y"]) == n).all()
+    assert list(arrays["classes"])[:2] == ["T-shirt/top", "Trouser"]
+    df = data.items("fashion", get_settings())
+    assert len(df) == 8000 and df.label.nunique() == 10
+    assert np.array_equal(np.array(Image.open(Path(df.attrs["path"]) / df.fname[0])), arrays["train_x"][0])
+    stamp = (Path(df.attrs["path"]) / "manifest.json").stat().st_mtime_ns
+    data.items("fashion", get_settings())
+    assert (Path(df.attrs["path"]) / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rewritten
 
 
-def test_digits_are_real_sklearn_digits(tmp_path):
-    root = data.make_digits(tmp_path / "d", train_per_class=2, valid_per_class=1, size=24)
-    assert sorted(p.name for p in (root / "train").iterdir()) == [str(d) for d in range(10)]
-    assert Image.open(next(root.glob("valid/7/*.png"))).size == (24, 24)
-    with pytest.raises(ValueError, match="only"):
-        data.make_digits(tmp_path / "big", train_per_class=500, valid_per_class=1)
+def test_packaged_files_match_their_checksums():
+    sums = data.verify_packaged()
+    assert len(sums) == 370 + 2  # the photos, labels.csv and the Fashion-MNIST archive
+    rel, digest = next(iter(sums.items()))
+    assert hashlib.sha256((data.packaged_dir() / rel).read_bytes()).hexdigest() == digest
 
 
-def test_subsample_keeps_validation_and_limits_training():
-    df = data.items("shapes")
+def test_subsample_never_includes_test_rows_and_repeats_with_a_seed():
+    df = data.items("cats_dogs")
     small = data.subsample(df, 3, seed=0)
-    counts = small[~small.is_valid].label.value_counts()
-    assert set(counts) == {3} and len(counts) == len(data.SHAPES)
-    assert small.is_valid.sum() == df.is_valid.sum()
-    assert small.attrs["path"] == df.attrs["path"]
+    assert (small.split != "test").all()
+    assert small[small.split == "train"].groupby("label").size().tolist() == [3, 3]
+    assert small.equals(data.subsample(df, 3, seed=0))
+    assert not small.equals(data.subsample(df, 3, seed=1))
+    assert len(data.subsample(df, None)) == 185 + 48
     with pytest.raises(ValueError, match="at least 1"):
         data.subsample(df, 0)
+    with pytest.raises(ValueError, match="per_class <= 60"):
+        data.subsample(df, 61)
 
 
-def test_dataloaders_use_the_mode_sizes():
-    from tlcourse.settings import get_settings
-
+def test_get_dls_reads_the_mode_and_keeps_the_test_split_out(fresh_cache):
     s = get_settings()
-    dls = data.get_dls(per_class=4, seed=0)
+    dls = data.get_dls("cats_dogs", per_class=4, seed=0)
+    assert len(dls.train_ds) == 8 and len(dls.valid_ds) == 48
+    assert list(dls.vocab) == ["cat", "dog"] and dls.bs == data.batch_size(8, s) == 4
     xb, yb = dls.one_batch()
-    assert tuple(xb.shape[1:]) == (3, s.image_size, s.image_size)
-    assert len(dls.train_ds) == 4 * len(data.SHAPES)
-    assert list(dls.vocab) == sorted(data.SHAPES)
+    assert tuple(xb.shape) == (4, 3, s.image_size, s.image_size)
+    assert Path(dls.path) == s.cache_dir  # learners write to the cache, never into the package
+    assert set(data.test_rows("cats_dogs").split) == {"test"}
 
 
-def test_unknown_data_set_is_a_clear_error():
-    with pytest.raises(ValueError, match="shapes, digits, pets"):
-        data.dataset_path("imagenet")
+def test_unknown_data_set_names_the_choices():
+    with pytest.raises(ValueError, match="cats_dogs, pet_breeds, fashion, pets"):
+        data.items("imagenet")
 
 
-def test_full_mode_digits_fit_every_class(tmp_path, monkeypatch):
-    monkeypatch.setenv("TLCOURSE_MODE", "full")
-    monkeypatch.setenv("TLCOURSE_CACHE", str(tmp_path))
-    root = data.dataset_path("digits")
-    assert len(list(root.glob("train/8/*.png"))) == 145
-
-
-def test_a_tiny_training_set_still_gets_a_batch():
-    dls = data.get_dls(per_class=1, seed=0)
-    assert len(dls.train) >= 1  # five images, batch size capped at five
+def test_a_built_wheel_carries_the_data_and_loads_it_offline(tmp_path):
+    """Build a wheel, install it into a folder of its own, and load both sets from there."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "wheel"), str(ROOT)], check=True, capture_output=True)
+    wheel = next((tmp_path / "wheel").glob("tlcourse-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert sum(n.startswith("tlcourse/datasets/pets/images/") for n in names) == 370
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                    str(wheel)], check=True, capture_output=True)
+    probe = ("import json, tlcourse; from tlcourse import data; "
+             "print(json.dumps([tlcourse.__file__, len(data.items('pet_breeds')), "
+             "len(data.fashion_arrays()['test_y']), len(data.verify_packaged())]))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(target), "TLCOURSE_CACHE": str(tmp_path / "cache"),
+                               "TLCOURSE_MODE": "quick", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                               "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    where, n_pets, n_fashion_test, n_files = json.loads(done.stdout.strip().splitlines()[-1])
+    assert where.startswith(str(target)) and (n_pets, n_fashion_test, n_files) == (370, 1000, 372)

@@ -7,6 +7,7 @@ the connection half-way, send other bytes, ignore ``Range``, never answer.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import socket
@@ -167,7 +168,7 @@ def test_weights_resource_uses_torchvision_default_weights(monkeypatch):
     res = download.resource("resnet34")
     assert download.url_of(res) == torchvision.models.ResNet34_Weights.DEFAULT.url
     assert res.sha256_prefix and res.filename.endswith(f"-{res.sha256_prefix}.pth")
-    with pytest.raises(ValueError, match="not a torchvision model"):
+    with pytest.raises(ValueError, match="neither a timm model nor a torchvision model"):
         download.resource("no_such_net")
 
 
@@ -186,7 +187,7 @@ def test_fetch_unpacks_the_pets_layout_and_reuses_it(env, server, small_pets):
 
 
 def test_course_data_functions_go_through_the_download(env, server, small_pets):
-    assert data.pets_path() == env / "fastai" / "data" / "oxford-iiit-pet" / "images"
+    assert download.pets_images(progress=False) == env / "fastai" / "data" / "oxford-iiit-pet" / "images"
     df = data.items("pets")
     assert set(df.label) == set(BREEDS) and len(df) == 12
 
@@ -273,14 +274,137 @@ def test_real_checksums_reject_an_archive_that_is_not_the_real_one(env, server):
 
 
 def test_archive_that_cannot_be_unpacked_is_deleted(env, server, monkeypatch):
-    garbage = b"\x1f\x8b" + bytes(5000)  # a gzip header and nothing valid after it
-    server.files["oxford-iiit-pet.tgz"] = garbage
+    not_a_tar = gzip.compress(b"a whole gzip stream, but no tar archive inside " * 100)
+    server.files["oxford-iiit-pet.tgz"] = not_a_tar
     monkeypatch.setitem(download.DATASETS, "pets",
-                        replace(download.PETS, size=len(garbage), md5_first_mib=None))
+                        replace(download.PETS, size=len(not_a_tar), md5_first_mib=None))
     with pytest.raises(download.DownloadError, match="could not be unpacked") as info:
         download.fetch("pets", progress=False)
     assert_short(info.value)
     assert leftovers(env / "fastai") == ["archive", "data"]
+
+
+def test_broken_gzip_is_rejected_before_unpacking(env, server, monkeypatch):
+    garbage = b"\x1f\x8b" + bytes(5000)  # a gzip header and nothing valid after it
+    server.files["oxford-iiit-pet.tgz"] = garbage
+    monkeypatch.setitem(download.DATASETS, "pets",
+                        replace(download.PETS, size=len(garbage), md5_first_mib=None))
+    with pytest.raises(download.DownloadError, match="compressed data is damaged") as info:
+        download.fetch("pets", progress=False)
+    assert_short(info.value)
+    assert leftovers(env / "fastai") == ["archive"]
+
+
+def big_tarball() -> bytes:
+    """A .tgz of the Pets layout over 1 MiB compressed (incompressible bytes inside)."""
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, payload in [("oxford-iiit-pet/images/pug_1.jpg", b"jpeg" * 10),
+                              ("oxford-iiit-pet/annotations/trimaps.bin", rng.bytes(1_600_000))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+def test_archive_damaged_after_its_first_mib_is_never_kept(env, server, monkeypatch):
+    good = big_tarball()
+    bad = bytearray(good)
+    bad[1_300_000] ^= 0xFF  # same size, same first MiB: fastai's own check cannot see it
+    monkeypatch.setitem(download.DATASETS, "pets", replace(
+        download.PETS, size=len(good), md5_first_mib=hashlib.md5(good[: 1 << 20]).hexdigest()))
+    server.files["oxford-iiit-pet.tgz"] = bytes(bad)
+    with pytest.raises(download.DownloadError, match="compressed data is damaged") as info:
+        download.fetch("pets", progress=False)
+    assert_short(info.value)
+    assert leftovers(env / "fastai") == ["archive"]  # nothing kept, nothing unpacked
+    # the same damage in an archive already on disk: found, deleted, fetched again
+    archive = env / "fastai" / "archive" / "oxford-iiit-pet.tgz"
+    archive.write_bytes(bytes(bad))
+    server.files["oxford-iiit-pet.tgz"] = good
+    folder = download.fetch("pets", progress=False)
+    assert archive.read_bytes() == good and (folder / "images" / "pug_1.jpg").is_file()
+
+
+def test_damaged_torchvision_weights_on_disk_are_named(env, server, capsys):
+    from tlcourse import cli
+
+    res = download.resource("resnet18")
+    on_disk = env / "torch" / "hub" / "checkpoints" / res.filename
+    on_disk.parent.mkdir(parents=True)
+    on_disk.write_bytes(b"PK" + bytes(1000))  # what an interrupted copy by another tool leaves
+    state = download.status(["resnet18"])["resnet18"]
+    assert not state.cached and state.problem and str(state).startswith("DAMAGED") and str(on_disk) in str(state)
+    with pytest.raises(download.DownloadError, match="damaged") as info:
+        download.fetch("resnet18", progress=False)
+    assert f"Delete {on_disk}" in str(info.value) and len(str(info.value).splitlines()) <= 3
+    assert cli.main(["prefetch", "resnet18"]) == 1
+    assert f"Delete {on_disk}" in capsys.readouterr().err
+    assert not server.requests  # nothing downloaded over it
+    on_disk.unlink()
+    server.files[res.filename] = b"still not the weights"
+    with pytest.raises(download.DownloadError, match="SHA-256"):
+        download.fetch("resnet18", progress=False)
+
+
+# --- timm weights -------------------------------------------------------------------------------
+
+TINY_TIMM = "test_resnet.r160_in1k"  # a tiny timm test model whose weights live on the hub
+
+
+@pytest.fixture
+def tiny_timm_weights(server):
+    import timm
+    from safetensors.torch import save
+
+    torch_state = timm.create_model("test_resnet", pretrained=False).state_dict()
+    server.files["model.safetensors"] = save({k: v.contiguous() for k, v in torch_state.items()})
+    return torch_state
+
+
+def test_timm_weights_come_through_the_course_download(env, server, tiny_timm_weights, monkeypatch):
+    import torch
+
+    from tlcourse import models
+
+    monkeypatch.setenv("HF_HOME", str(env / "hf"))
+    res = download.resource(TINY_TIMM)
+    assert res.hf_repo == "timm/test_resnet.r160_in1k"
+    assert server.requests == [] and download.status([TINY_TIMM])[TINY_TIMM].cached is False
+    kwargs = models.timm_kwargs(TINY_TIMM)
+    assert server.requests[0]["path"] == "/files/timm/test_resnet.r160_in1k/resolve/main/model.safetensors"
+    import timm
+
+    model = timm.create_model(TINY_TIMM, pretrained=True, **kwargs)
+    name = next(iter(tiny_timm_weights))
+    assert torch.equal(model.state_dict()[name], tiny_timm_weights[name])
+    assert download.status([TINY_TIMM])[TINY_TIMM].cached
+    n = len(server.requests)
+    models.timm_kwargs(TINY_TIMM)
+    assert len(server.requests) == n  # on disk and checked: no second download
+    monkeypatch.setenv("TLCOURSE_ARCH", TINY_TIMM)
+    assert download.default_names() == ["pets", TINY_TIMM]
+
+
+def test_failed_timm_download_is_one_short_message_within_seconds(env, monkeypatch):
+    from tlcourse import models
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_HOME", str(env / "hf"))
+    monkeypatch.delenv("TLCOURSE_WEIGHTS_URL")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")  # the hub, unreachable
+    for arch in ("resnet18d", "resnet18.a1_in1k", "convnext_tiny"):
+        start = time.perf_counter()
+        with pytest.raises(download.DownloadError, match=f"timm {arch.split('.')[0]}") as info:
+            models.timm_kwargs(arch)
+        assert time.perf_counter() - start < 5, arch
+        assert_short(info.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(download.DownloadError, match="HF_HUB_OFFLINE"):
+        models.timm_kwargs("resnet18d")
 
 
 def test_wrong_weights_are_rejected(env, server):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tlcourse import exercises
+from tlcourse import data, exercises
 from tlcourse.settings import get_settings
 
 
@@ -14,11 +14,12 @@ def test_placeholder_means_not_done(capsys):
 
 def test_batch_shape(capsys):
     s = get_settings()
-    assert exercises.check_batch_shape((s.batch_size, 3, s.image_size, s.image_size)) is True
+    bs = data.get_dls(seed=0).one_batch()[0].shape[0]
+    assert exercises.check_batch_shape((bs, 3, s.image_size, s.image_size)) is True
     assert "Correct" in capsys.readouterr().out
-    assert exercises.check_batch_shape((s.batch_size, s.image_size, s.image_size)) is False
+    assert exercises.check_batch_shape((bs, s.image_size, s.image_size)) is False
     assert "Hint" in capsys.readouterr().out
-    assert exercises.check_batch_shape((s.batch_size, 1, s.image_size, s.image_size)) is False
+    assert exercises.check_batch_shape((bs, 1, s.image_size, s.image_size)) is False
 
 
 def test_a_wrong_kind_of_answer_is_feedback_not_a_crash(capsys):

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torchvision import transforms as T
 
-from tlcourse import data, exercises, features, plots
+from tlcourse import data, features, plots
 
 SIZE = 32  # image size for the cache tests: tiny on purpose
+CLASSES = ["cat", "dog"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,10 +28,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def _tiny_table(train: int = 3, held_out: int = 1) -> pd.DataFrame:
+    """A few packaged cat and dog photos: ``train`` a class for training, ``held_out`` for valid and test."""
+    df = data.items("cats_dogs")
+    parts = [df[df.split == "train"].groupby("label").head(train)]
+    parts += [df[df.split == split].groupby("label").head(held_out) for split in ("valid", "test")]
+    out = pd.concat(parts).reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    return out
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> pd.DataFrame:
-    root = tmp_path_factory.mktemp("tiny") / "shapes"
-    return data.folder_items(data.make_shapes(root=root, train_per_class=3, valid_per_class=2, size=32))
+def tiny() -> pd.DataFrame:
+    return _tiny_table()
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +81,14 @@ def test_backbone_outputs_pooled_vectors_and_random_weights_are_reproducible(ran
         assert model(torch.zeros(2, 3, SIZE, SIZE)).shape == (2, model.num_features)
 
 
+def test_random_backbone_leaves_the_global_seed_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    features.backbone(pretrained=False, seed=7)
+    assert torch.equal(torch.rand(3), expected), "backbone() must not reseed the caller's random numbers"
+
+
 def test_pretrained_identity_names_the_weight_file():
     model_id = features.model_identity(pretrained=True)
     assert "imagenet-sha256-" in model_id and len(model_id.split("-")[-1]) == 64
@@ -89,7 +109,7 @@ def test_extract_returns_one_vector_per_image_with_sorted_class_indices(tiny, ra
     x, y = features.extract(model, tiny, features.default_transform(model, SIZE), progress=False)
     assert x.shape == (len(tiny), model.num_features) and x.dtype == torch.float32
     classes = features.class_names(tiny)
-    assert classes == sorted(data.SHAPES)
+    assert classes == CLASSES
     assert [classes[i] for i in y] == list(tiny["label"])
 
 
@@ -97,16 +117,26 @@ def test_extract_returns_one_vector_per_image_with_sorted_class_indices(tiny, ra
 
 def test_second_call_is_a_cache_hit_and_does_not_recompute(fresh_cache, tiny, random_body, count_extract, capsys):
     first = cached(tiny, random_body)
-    assert not first.from_cache and len(count_extract) == 2
+    assert not first.from_cache and len(count_extract) == 3  # train, valid, test
     assert first.path.parent == fresh_cache / "features" and first.path.is_file()
     assert "Cache miss" in capsys.readouterr().out
     second = cached(tiny, random_body)
-    assert second.from_cache and len(count_extract) == 2, "a hit must not run the network"
+    assert second.from_cache and len(count_extract) == 3, "a hit must not run the network"
     assert "Cache hit" in capsys.readouterr().out
-    for part in ("train_x", "train_y", "valid_x", "valid_y"):
+    for part in features._PARTS:
         assert torch.equal(getattr(first, part), getattr(second, part))
-    assert len(second.train_x) == 15 and len(second.valid_x) == 10
+    assert (len(second.train_x), len(second.valid_x), len(second.test_x)) == (6, 2, 2)
     assert not list((fresh_cache / "features").glob("*.tmp")), "temporary files must not stay behind"
+
+
+def _copy_photos(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """The same table, with its photos copied into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for fname in df["fname"]:
+        shutil.copy(Path(df.attrs["path"]) / fname, folder / fname)
+    out = df.copy()
+    out.attrs = {**df.attrs, "path": str(folder)}
+    return out
 
 
 def _other_transform(model):
@@ -119,19 +149,20 @@ def test_each_key_change_recomputes(change, fresh_cache, tmp_path, tiny, random_
     df, body, size, extra = tiny, random_body, SIZE, {}
     if change == "model":
         body = features.backbone(pretrained=False, seed=1)
-    elif change == "data_pixels":  # same file names, other generator seed
-        root = data.make_shapes(root=tmp_path / "shapes", train_per_class=3, valid_per_class=2, size=32, seed=1)
-        df = data.folder_items(root)
+    elif change == "data_pixels":  # same file names, one photo mirrored
+        df = _copy_photos(tiny, tmp_path / "photos")
+        first = tmp_path / "photos" / df["fname"].iloc[0]
+        Image.open(first).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(first)
         assert list(df["fname"]) == list(tiny["fname"])
     elif change == "data_files":
-        df = data.subsample(tiny, per_class=2, seed=0)
+        df = _tiny_table(train=2)
     elif change == "size":
         size = SIZE + 8
     else:
         extra = {"transform": _other_transform(body[0])}
     calls = len(count_extract)
     changed = cached(df, body, size, **extra)
-    assert not changed.from_cache and len(count_extract) == calls + 2
+    assert not changed.from_cache and len(count_extract) == calls + 3
     assert changed.key != base.key and changed.path != base.path
     assert cached(tiny, random_body).from_cache, "the original entry must still be valid"
 
@@ -148,7 +179,7 @@ def test_truncated_cache_file_is_recomputed_not_a_crash(fresh_cache, tiny, rando
     first.path.write_bytes(raw[: len(raw) // 2])
     capsys.readouterr()
     again = cached(tiny, random_body)
-    assert not again.from_cache and len(count_extract) == 4
+    assert not again.from_cache and len(count_extract) == 6
     assert "could not be read" in capsys.readouterr().out
     assert torch.equal(again.train_x, first.train_x)
     assert cached(tiny, random_body).from_cache, "the recomputed file must be a good one"
@@ -175,10 +206,27 @@ def test_cached_features_rejects_a_table_without_a_path_or_a_split(random_body, 
     model, model_id = random_body
     with pytest.raises(ValueError, match="items"):
         features.cached_features(model, model_id, pd.DataFrame({"fname": ["a.png"]}), SIZE)
-    only_train = tiny[~tiny["is_valid"]]
-    only_train.attrs = dict(tiny.attrs)
-    with pytest.raises(ValueError, match="validation"):
-        features.cached_features(model, model_id, only_train, SIZE)
+    no_test = tiny[tiny["split"] != "test"]
+    no_test.attrs = dict(tiny.attrs)
+    with pytest.raises(ValueError, match="test"):
+        features.cached_features(model, model_id, no_test, SIZE)
+
+
+def test_unwritable_cache_folder_gives_one_message_and_features_anyway(fresh_cache, tiny, random_body,
+                                                                       monkeypatch, capsys):
+    """A read-only TLCOURSE_CACHE (simulated: tests may run as root, where chmod does not stop writes)."""
+    def refuse(path, payload):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(features, "_save", refuse)
+    monkeypatch.setattr(features, "_UNWRITABLE", set())
+    first = cached(tiny, random_body)
+    second = cached(tiny, random_body, transform_desc="another key, same folder")
+    out = capsys.readouterr().out
+    assert not first.from_cache and not second.from_cache and len(first.train_x) == 6
+    assert out.count("cannot write the feature cache folder") == 1, out
+    assert str(fresh_cache / "features") in out and "TLCOURSE_CACHE" in out
+    assert not first.path.exists()
 
 
 def test_dataset_features_uses_the_mode_settings_and_the_cache(fresh_cache, tiny, monkeypatch):
@@ -186,7 +234,14 @@ def test_dataset_features_uses_the_mode_settings_and_the_cache(fresh_cache, tiny
     first = features.dataset_features(pretrained=False, seed=0, progress=False)
     again = features.dataset_features(pretrained=False, seed=0, progress=False)
     assert not first.from_cache and again.from_cache
-    assert first.classes == sorted(data.SHAPES) and first.train_x.shape == (15, 1280)
+    assert first.classes == CLASSES and first.train_x.shape == (6, 1280) and first.test_x.shape == (2, 1280)
+
+
+def test_pixel_features_are_flattened_small_photos_in_the_same_form(tiny):
+    px = features.pixel_features(tiny, size=8)
+    assert px.train_x.shape == (6, 3 * 8 * 8) and px.test_x.shape == (2, 192) and px.classes == CLASSES
+    assert 0 <= float(px.train_x.min()) and float(px.train_x.max()) <= 1
+    assert [px.classes[i] for i in px.test_y] == list(tiny[tiny.split == "test"]["label"])
 
 
 # --- probes ---------------------------------------------------------------------------
@@ -238,17 +293,34 @@ def test_pick_per_class_takes_k_of_each_class_and_depends_on_seed():
 
 def _fake_features(seed=0) -> features.Features:
     x, y = _blobs(n_per_class=6, seed=seed)
-    return features.Features(x, y, x + 0.1, y, ["a", "b", "c"], "k", Path("k.pt"), False)
+    return features.Features(x, y, x + 0.1, y, x - 0.1, y, ["a", "b", "c"], "k", Path("k.pt"), False)
 
 
-def test_shots_curve_has_a_row_per_weights_shot_and_seed():
-    result = features.shots_curve({"one": _fake_features(0), "two": _fake_features(1)}, shots=(1, 2, 10),
-                                  seeds=(0, 1), progress=False, epochs=10)
-    assert set(result.columns) == {"weights", "shots", "seed", "accuracy"}
-    # 10 is more than the 6 images a class there are, so "all" (6) replaces it.
-    assert sorted(result["shots"].unique()) == [1, 2, 6]
-    assert len(result) == 2 * 3 * 2
-    assert result["accuracy"].between(0, 1).all()
+def test_probe_curve_has_a_row_per_features_size_and_seed_and_scores_the_test_split(monkeypatch):
+    feats = {"one": _fake_features(0), "two": _fake_features(1)}
+    result = features.probe_curve(feats, per_class=(1, 2, 10), seeds=(0, 1), progress=False, epochs=10)
+    assert list(result.columns) == ["features", "per_class", "seed", "accuracy"]
+    assert sorted(result["per_class"].unique()) == [1, 2], "10 is more than the 6 images a class there are"
+    assert len(result) == 2 * 2 * 2 and result["accuracy"].between(0, 1).all()
+    with_all = features.probe_curve(feats, (1, 10), (0,), include_all=True, progress=False, epochs=10)
+    assert sorted(with_all["per_class"].unique()) == [1, 6]
+    scored = []
+    real = features.train_linear_probe
+    monkeypatch.setattr(features, "train_linear_probe",
+                        lambda tx, ty, ex, ey, **kw: scored.append(ex) or real(tx, ty, ex, ey, **kw))
+    features.probe_curve({"one": feats["one"]}, (2,), (0,), progress=False, epochs=5)
+    assert torch.equal(scored[0], feats["one"].test_x), "probes are scored on the test split"
+
+
+def test_summarise_and_clearly_ahead_read_the_seeds_conservatively():
+    curve = pd.DataFrame({"features": ["a"] * 3 + ["b"] * 3, "per_class": [5] * 6, "seed": [0, 1, 2] * 2,
+                          "accuracy": [0.8, 0.9, 0.85, 0.5, 0.6, 0.85]})
+    stats = features.summarise(curve).loc["a"].loc[5]
+    assert stats["mean"] == pytest.approx(0.85) and stats["min"] == 0.8 and stats["n"] == 3
+    assert stats["std"] == pytest.approx(0.05)
+    assert not features.clearly_ahead(curve, "a", "b", 5), "ranges that overlap are no clear difference"
+    apart = curve.assign(accuracy=[0.8, 0.9, 0.85, 0.5, 0.6, 0.7])
+    assert features.clearly_ahead(apart, "a", "b", 5) and not features.clearly_ahead(apart, "b", "a", 5)
 
 
 def test_project_2d_gives_two_coordinates_per_vector():
@@ -271,49 +343,90 @@ def test_neighbour_agreement_is_high_for_clusters_and_near_chance_for_noise():
         features.neighbour_agreement(x[:3], y[:3], k=5)
 
 
-def test_pretrained_probe_beats_random_init_probe_by_a_wide_margin():
-    """With 20 images a class at the mode's size, ImageNet features leave random ones far behind.
+# --- the claims lesson 02 makes ----------------------------------------------------------
 
-    Measured on the quick data (96 px, 20 valid images a class, 5 classes): the
-    probe reaches about 0.76 on pretrained features and about 0.24 on random ones
-    (chance is 0.20), a gap near 50 points; 30 points leaves room for other
-    platforms' numerics while still meaning "a wide margin".
-    """
+@pytest.fixture(scope="module")
+def cats_dogs_runs(tmp_path_factory):
+    """Lesson 02's comparison as the notebook runs it: 10 a class, seeds 0-2, test split, 128 px."""
     s = features.get_settings()
-    df = data.items("shapes", s)
-    accs = {}
-    for pretrained in (True, False):
-        model, _ = features.backbone(pretrained=pretrained, seed=0)
-        tfm = features.default_transform(model, s.image_size)
-        train, valid = df[~df.is_valid], df[df.is_valid]
-        tx, ty = features.extract(model, train, tfm, progress=False)
-        vx, vy = features.extract(model, valid, tfm, progress=False)
-        idx = features.pick_per_class(ty, 20, seed=0)
-        assert torch.bincount(ty[idx]).min() == 20
-        accs[pretrained] = features.train_linear_probe(tx[idx], ty[idx], vx, vy, seed=0).accuracy
-    margin = 100 * (accs[True] - accs[False])
-    print(f"pretrained {accs[True]:.2f}, random {accs[False]:.2f}, margin {margin:.0f} points")
-    assert margin >= 30
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLCOURSE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        feats = {name: features.dataset_features(pretrained=pretrained, seed=0, name="cats_dogs",
+                                                 progress=False, verbose=False)
+                 for name, pretrained in (("pretrained", True), ("random init", False))}
+    feats["raw pixels"] = features.pixel_features(data.items("cats_dogs"), size=32)
+    return feats, features.probe_curve(feats, [s.per_class], s.seeds, progress=False)
+
+
+def test_pretrained_probe_is_far_ahead_of_random_init_and_raw_pixels(cats_dogs_runs):
+    """Issue 12's acceptance, and the lesson's "far better" claim.
+
+    Measured (quick mode, seeds 0-2, 72 test photos): pretrained 87.5 % on every seed,
+    random init 52.8 % (51.4-55.6), raw pixels 50.9 % (44.4-58.3); one test photo is
+    1.4 points.  Held-out seeds 100-102 (benchmarks/probe.py) gave 88.0 +- 1.6 % against
+    51.4 +- 5.0 % and 53.2 +- 1.6 %.  The 25-point bar is the issue's; the 80 % floor
+    leaves 5 test photos of room under the measured mean.
+    """
+    _, runs = cats_dogs_runs
+    assert runs.groupby("features")["seed"].count().eq(3).all()
+    acc = 100 * runs.groupby("features")["accuracy"].mean()
+    print(acc.round(1).to_dict())
+    assert acc["pretrained"] >= 80
+    assert acc["pretrained"] - acc["random init"] >= 25
+    assert acc["pretrained"] - acc["raw pixels"] >= 25
+
+
+def test_pca_of_pretrained_features_puts_cats_and_dogs_apart(cats_dogs_runs):
+    """The lesson's PCA figure: a nearest-centre rule in the 2-D picture separates the classes.
+
+    Measured on all 305 photos: 90 % with pretrained features, 60 % with random init.
+    """
+    feats, _ = cats_dogs_runs
+
+    def centre_accuracy(f: features.Features) -> float:
+        x, y = torch.cat([f.train_x, f.valid_x, f.test_x]), torch.cat([f.train_y, f.valid_y, f.test_y])
+        pts = torch.as_tensor(features.project_2d(x, "pca")).float()
+        centres = torch.stack([pts[y == c].mean(0) for c in (0, 1)])
+        return float((torch.cdist(pts, centres).argmin(1) == y).float().mean())
+
+    assert centre_accuracy(feats["pretrained"]) >= 0.8
+    assert centre_accuracy(feats["random init"]) < 0.75
 
 
 # --- the benchmark ----------------------------------------------------------------------
 
-def _benchmark_module():
-    path = Path(__file__).parent.parent / "benchmarks" / "cached_features.py"
-    spec = importlib.util.spec_from_file_location("cached_features_benchmark", path)
+def _benchmark_module(name: str):
+    path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_benchmark_core_shows_cached_epochs_at_least_20_times_faster(tiny):
-    result = _benchmark_module().measure(tiny, image_size=64, batch_size=8, repeats=2)
+    result = _benchmark_module("cached_features").measure(tiny, image_size=64, batch_size=2, repeats=2)
     print(result)
-    assert result.n_images == 15 and result.network_s > 0 and result.cached_s > 0
+    assert result.n_images == 6 and result.network_s > 0 and result.cached_s > 0
     assert result.ratio >= 20
 
 
-# --- plots and checks --------------------------------------------------------------------
+def test_probe_benchmark_assembles_task_features_and_tabulates_seeds():
+    bench = _benchmark_module("probe")
+    photos = data.items("pet_breeds")
+    vectors = {f: torch.full((4,), float(i)) for i, f in enumerate(photos["fname"])}
+    f = bench.task_features("cats_dogs", vectors)
+    table = data.items("cats_dogs")
+    assert f.classes == CLASSES and len(f.test_x) == (table.split == "test").sum() == 72
+    first_test = table[table.split == "test"]["fname"].iloc[0]
+    assert torch.equal(f.test_x[0], vectors[first_test])
+    results = pd.DataFrame({"task": ["t"] * 3, "features": ["p"] * 3, "per_class": [1] * 3,
+                            "seed": [100, 101, 102], "accuracy": [0.5, 0.6, 0.7]})
+    row = bench.table(results).iloc[0]
+    assert row["mean"] == 60.0 and row["std"] == 10.0 and row["seeds"] == 3
+    assert not set(bench.SEEDS) & set(features.get_settings().seeds), "benchmark seeds are held out"
+
+
+# --- plots --------------------------------------------------------------------
 
 def test_plot_projections_side_by_side_with_labels():
     x, y = _blobs()
@@ -340,33 +453,3 @@ def test_plot_shots_curve_has_mean_band_chance_and_labels():
     with pytest.raises(ValueError):
         plots.plot_shots_curve(pd.DataFrame({"x": [1]}))
     plt.close("all")
-
-
-def test_check_pooled_features(capsys):
-    assert exercises.check_pooled_features(lambda m, x: m.forward_features(x).mean(dim=(2, 3))) is True
-    assert exercises.check_pooled_features(lambda m, x: m.forward_features(x)) is False
-    assert "mean(dim=(2, 3))" in capsys.readouterr().out
-    assert exercises.check_pooled_features(lambda m, x: m.forward_features(x).amax(dim=(2, 3))) is False
-    assert exercises.check_pooled_features(...) is None
-
-
-def test_check_nearest_mean(capsys):
-    def nearest_mean(train_x, train_y, valid_x):
-        means = torch.stack([train_x[train_y == c].mean(0) for c in torch.unique(train_y)])
-        return torch.cdist(valid_x, means).argmin(1)
-
-    assert exercises.check_nearest_mean(nearest_mean) is True
-    assert exercises.check_nearest_mean(lambda tx, ty, vx: torch.zeros(len(vx), dtype=torch.long)) is False
-    assert "Hint" in capsys.readouterr().out
-    assert exercises.check_nearest_mean(lambda tx, ty, vx: torch.zeros(3)) is False
-    assert exercises.check_nearest_mean(...) is None
-
-
-def test_check_needs_recompute(capsys):
-    assert exercises.check_needs_recompute({"a", "c", "e"}) is True
-    assert exercises.check_needs_recompute({"A", "c", "e "}) is True
-    assert exercises.check_needs_recompute({"a", "b"}) is False
-    out = capsys.readouterr().out
-    assert "b:" in out and "c, e:" in out
-    assert exercises.check_needs_recompute({"z"}) is False
-    assert exercises.check_needs_recompute(...) is None

@@ -7,7 +7,10 @@ accuracy does not matter here, only fastai's mechanics.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from fastai.torch_core import norm_bias_params
@@ -23,8 +26,16 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def shapes_root(tmp_path_factory):
-    return data.make_shapes(root=tmp_path_factory.mktemp("shapes") / "shapes", train_per_class=4,
-                            valid_per_class=2, size=SIZE)
+    """A tiny train/valid folder of real photos: 4 + 2 of each of five Pets breeds."""
+    root = tmp_path_factory.mktemp("pets") / "pets"
+    df = data.items("pet_breeds")
+    for breed in sorted(df.label.unique())[:5]:
+        files = df[df.label == breed].fname.tolist()
+        for split, names in (("train", files[:4]), ("valid", files[4:6])):
+            (root / split / breed).mkdir(parents=True)
+            for name in names:
+                shutil.copy(data.pets_dir() / name, root / split / breed / name)
+    return root
 
 
 def _dls(root):
@@ -181,8 +192,8 @@ def test_rates_during_one_cycle_keep_the_claimed_ratios(dls, tmp_path):
 
 # --- recipes --------------------------------------------------------------------------
 
-def test_fine_tune_by_hand_is_fastais_fine_tune(shapes_root, tmp_path):
-    histories = []
+def test_fine_tune_written_out_is_fastais_fine_tune(shapes_root, tmp_path):
+    """Lesson 04 writes fine_tune's steps as cells; they give the same weights as fine_tune."""
     results = []
     for by_hand in (False, True):
         # fresh DataLoaders: their shuffling has its own random state, which set_seed does not reset
@@ -190,14 +201,50 @@ def test_fine_tune_by_hand_is_fastais_fine_tune(shapes_root, tmp_path):
         set_seed(1, reproducible=True)
         with learn.no_bar(), learn.no_logging():
             if by_hand:
-                training.fine_tune_by_hand(learn, 1, base_lr=1e-3, freeze_epochs=1, record=histories)
+                learn.freeze()
+                learn.fit_one_cycle(1, slice(1e-3), pct_start=0.99)
+                learn.unfreeze()
+                learn.fit_one_cycle(1, slice(5e-4 / 100, 5e-4), pct_start=0.3, div=5.0)
             else:
                 learn.fine_tune(1, base_lr=1e-3, freeze_epochs=1)
         results.append(([float(v) for v in learn.recorder.values[-1]], [p.detach().clone() for p in learn.model.parameters()]))
     (v1, w1), (v2, w2) = results
     assert v1 == pytest.approx(v2, abs=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(w1, w2))
-    assert [h.epochs["stage"].iloc[0] for h in histories] == ["head only", "all groups"]
+
+
+def test_freeze_bn_stats_keeps_running_statistics(dls, tmp_path):
+    """FreezeBNStats: BatchNorm running statistics do not move, frozen body or not."""
+    for unfreeze in (False, True):
+        learn = _learner(dls, tmp_path, **training.RECIPE.learner_kwargs())
+        if unfreeze:
+            learn.unfreeze()
+        bn = learn.model[0].model.bn1
+        mean, weight = bn.running_mean.clone(), bn.weight.detach().clone()
+        with learn.no_bar(), learn.no_logging():
+            learn.fit_one_cycle(1, 1e-3)
+        assert torch.equal(bn.running_mean, mean)
+        assert torch.equal(bn.weight.detach(), weight) != unfreeze  # scale and shift train once unfrozen
+    learn = _learner(dls, tmp_path)  # fastai's default: the statistics follow the batches
+    mean = learn.model[0].model.bn1.running_mean.clone()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(1, 1e-3)
+    assert not torch.equal(learn.model[0].model.bn1.running_mean, mean)
+
+
+def test_seed_helpers_and_verdicts():
+    runs = training.over_seeds({"a": lambda s: 0.9 + s / 100, "b": lambda s: 0.7 + s / 100}, [0, 1, 2],
+                               progress=False)
+    assert list(runs["a"].index) == [0, 1, 2] and runs["a"][2] == pytest.approx(0.92)
+    table = training.spread_table(runs)
+    assert table.loc["a", "mean"] == pytest.approx(91.0) and table.loc["b", "seeds"] == 3
+    assert training.verdict(runs["a"], runs["b"]) == "ahead"
+    assert training.verdict(runs["b"], runs["a"]) == "behind"
+    noisy = pd.Series([0.95, 0.70, 0.80])
+    assert training.verdict(noisy, runs["b"]) == "tie"
+    assert "not clearly different" in training.compare(noisy, runs["b"], "x", "y")
+    assert "on every seed" in training.compare(runs["a"], runs["b"], "a", "b")
+    assert isinstance(plots.plot_seed_comparison(runs, chance=0.5), Figure)
 
 
 def test_gradual_schedule():
@@ -255,7 +302,7 @@ def test_export_reload_predicts_the_same_class(dls, tmp_path, shapes_root):
     path.parent.mkdir()
     learn.export(path)
     loaded = load_learner(path)
-    image = next((shapes_root / "valid" / "star").glob("*.png"))
+    image = next((shapes_root / "valid").glob("*/*.jpg"))
     with learn.no_bar():
         label, idx, probs = learn.predict(image)
     with loaded.no_bar():
@@ -354,35 +401,53 @@ def test_check_trainable_groups(capsys):
     assert exercises.check_trainable_groups(...) is None
 
 
-def test_check_batchnorm_lr(capsys):
-    assert exercises.check_batchnorm_lr(2e-4) is True
-    assert exercises.check_batchnorm_lr(0) is False
-    _says(capsys, "train_bn=True")
-    assert exercises.check_batchnorm_lr(1e-5) is False
-    _says(capsys, "second step")
-    assert exercises.check_batchnorm_lr(...) is None
+def test_check_earliest_lr(capsys):
+    assert exercises.check_earliest_lr(1e-5) is True
+    assert exercises.check_earliest_lr(2e-5) is False
+    _says(capsys, "halves")
+    assert exercises.check_earliest_lr(1e-3) is False
+    _says(capsys, "head's rate")
+    assert exercises.check_earliest_lr(...) is None
 
 
-# --- the claim of lesson 04 -------------------------------------------------------------
+# --- the claims of lessons 03 and 04 ----------------------------------------------------
 
-def test_fine_tuning_reaches_head_only_accuracy_on_the_same_budget():
-    """Quick mode, lesson 04's recipe: fine_tune is at least as accurate as head-only training
-    with the same epochs, data and seeds, on average over the course's seeds (single seeds are
-    noisy: one validation image is one percentage point)."""
+def _test_accuracy(seed, fit, **kwargs):
+    """Lessons 03-04's set-up for one seed: cats vs dogs at the mode's size, test accuracy."""
+    s = get_settings()
+    set_seed(seed, reproducible=True)
+    dls = data.get_dls(s.dataset, per_class=s.per_class, seed=seed)
+    learn = models.learner(dls, **kwargs)
+    with learn.no_bar(), learn.no_logging():
+        fit(learn)
+    return training.test_accuracy(learn, data.test_rows(s.dataset))
+
+
+@pytest.fixture(scope="module")
+def claims():
+    """Test accuracies over the course's seeds: head only with fastai's BatchNorm default,
+    head only and fine_tune with the course's recipe (measured: 78 %, 91 %, 87 %)."""
     s = get_settings()
     if s.mode != "quick":
-        pytest.skip("the claim is measured in quick mode")
-    head, fine = [], []
-    for seed in s.seeds:
-        learn = training.fresh_learner(seed, splitter=training.four_groups)
-        with learn.no_bar(), learn.no_logging():
-            learn.fit_one_cycle(s.epochs, training.BASE_LR)
-        head.append(float(learn.recorder.values[-1][2]))
-        first_path = learn.path
-        learn = training.fresh_learner(seed, splitter=training.four_groups)
-        assert learn.path == first_path and learn.path.is_dir()  # one scratch folder per process
-        with learn.no_bar(), learn.no_logging():
-            learn.fine_tune(s.epochs - 1, base_lr=training.BASE_LR, freeze_epochs=1, lr_mult=training.LR_MULT)
-        fine.append(float(learn.recorder.values[-1][2]))
-    print(f"head only {head}, fine_tune {fine}")
-    assert np.mean(fine) >= np.mean(head), (head, fine)
+        pytest.skip("the claims are measured in quick mode")
+    r = training.RECIPE
+    head = lambda learn: learn.fit_one_cycle(s.epochs, r.head_lr)  # noqa: E731
+    fine = lambda learn: learn.fine_tune(s.epochs, base_lr=r.base_lr, freeze_epochs=r.freeze_epochs,  # noqa: E731
+                                         lr_mult=r.lr_mult)
+    runs = {"default BN": lambda seed: _test_accuracy(seed, head),
+            "head only": lambda seed: _test_accuracy(seed, head, **r.learner_kwargs()),
+            "fine_tune": lambda seed: _test_accuracy(seed, fine, **r.learner_kwargs())}
+    found = training.over_seeds(runs, s.seeds, progress=False)
+    print({k: list(v.round(3)) for k, v in found.items()})
+    return found
+
+
+def test_head_only_and_fine_tune_tell_cats_from_dogs(claims):
+    """Issue acceptance: both recipes reach 80 % on the test split, mean of the course's seeds."""
+    assert claims["head only"].mean() >= 0.80
+    assert claims["fine_tune"].mean() >= 0.80
+
+
+def test_frozen_batchnorm_statistics_beat_fastais_default_at_small_batches(claims):
+    """Lesson 03's BatchNorm section: frozen statistics are clearly ahead (measured +12 points)."""
+    assert claims["head only"].mean() - claims["default BN"].mean() >= 0.05

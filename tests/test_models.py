@@ -41,8 +41,17 @@ def test_random_model_differs_from_pretrained():
 
 
 def test_learner_freezes_all_but_head_and_batchnorm(tmp_path):
-    root = data.make_shapes(tmp_path / "s", train_per_class=2, valid_per_class=1, size=32)
+    import shutil
+
     from fastai.vision.all import ImageDataLoaders, Resize
+
+    root = tmp_path / "s"
+    photos = sorted(data.pets_dir().glob("*.jpg"))
+    for split, label, picks in [("train", "cat", photos[:2]), ("train", "dog", photos[-2:]),
+                                ("valid", "cat", photos[2:3]), ("valid", "dog", photos[-3:-2])]:
+        (root / split / label).mkdir(parents=True, exist_ok=True)
+        for photo in picks:
+            shutil.copyfile(photo, root / split / label / photo.name)
 
     dls = ImageDataLoaders.from_folder(root, train="train", valid="valid",
                                        item_tfms=Resize(32), bs=4, num_workers=0)

@@ -94,6 +94,6 @@ def test_student_copies_run_under_nbval(student_dir):
 def test_run_executes_a_notebook_and_summarises(tmp_path):
     code = cli.main(["run", "--only", "00", "--out", str(tmp_path)])
     summary = (tmp_path / "summary.md").read_text()
-    assert code == 0 and "00_setup.ipynb" in summary and "espresso" in summary
+    assert code == 0 and "00_setup.ipynb" in summary and "cats vs dogs" in summary
     executed = nbformat.read(tmp_path / "00_setup.ipynb", as_version=4)
     assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")

@@ -9,17 +9,18 @@ def test_quick_mode_is_small_and_offline(monkeypatch):
     monkeypatch.setenv("TLCOURSE_MODE", "quick")
     s = settings.get_settings()
     assert s.mode == "quick"
-    assert s.dataset in ("shapes", "digits")
+    assert (s.dataset, s.few_shot_dataset, s.far_dataset) == ("cats_dogs", "pet_breeds", "fashion")
     assert s.arch == settings.OFFLINE_ARCH
-    assert s.image_size <= 128 and s.train_per_class <= 50
+    assert s.image_size <= 128 and s.per_class <= 20 and len(s.seeds) >= 3
     assert "QUICK" in str(s) and "TLCOURSE_MODE" in str(s)
+    assert "restart the kernel" in str(s) and "before importing" not in str(s)
 
 
 def test_full_mode_is_the_real_course(monkeypatch):
     monkeypatch.setenv("TLCOURSE_MODE", "full")
     s = settings.get_settings()
     assert (s.mode, s.dataset, s.image_size) == ("full", "pets", 224)
-    assert s.train_per_class is None  # every image
+    assert s.per_class is None  # every image
 
 
 def test_full_mode_may_choose_a_resnet(monkeypatch):

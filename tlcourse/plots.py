@@ -251,6 +251,41 @@ def plot_predictions(images: Mapping[str, object], predictions: Mapping[str, Seq
     return fig
 
 
+def plot_top_patches(panels: Mapping[str, Mapping[int, Sequence[torch.Tensor]]],
+                     title: str | None = None) -> Figure:
+    """What channels respond to: one panel per model, one row per channel, its top patches left to right.
+
+    ``panels`` maps a panel title (``"pretrained"``) to ``{channel: [patch, ...]}``
+    as :func:`tlcourse.activations.top_patches` returns it (patches ``(3, h, w)``
+    in [0, 1], strongest first).  Every panel must show the same number of channels.
+    """
+    if not panels:
+        raise ValueError("nothing to show: pass {'panel title': {channel: [patch, ...]}, ...}.")
+    rows = {len(found) for found in panels.values()}
+    if len(rows) != 1 or not rows.pop():
+        raise ValueError("every panel needs the same, non-zero number of channels.")
+    first = next(iter(panels.values()))
+    n_rows, n_cols = len(first), max(len(p) for found in panels.values() for p in found.values())
+    fig = plt.figure(figsize=(1.25 * n_cols * len(panels) + 1.0, 1.3 * n_rows + 1.2), layout="constrained")
+    subfigs = fig.subfigures(1, len(panels), wspace=0.05)
+    for sub, (label, found) in zip(list(getattr(subfigs, "flat", [subfigs])), panels.items()):
+        axes = sub.subplots(n_rows, n_cols, squeeze=False)
+        for row, (channel, patches) in zip(axes, found.items()):
+            for j, ax in enumerate(row):
+                if j < len(patches):
+                    ax.imshow(patches[j].permute(1, 2, 0).numpy())
+                _bare(ax)
+                if j >= len(patches):
+                    ax.axis("off")
+            row[0].set_ylabel(f"channel {channel}", fontsize=9)
+        for j, ax in enumerate(axes[0]):
+            ax.set_title(f"#{j + 1}", fontsize=8)
+        sub.suptitle(label, fontsize=11)
+    fig.suptitle(title or "Top-activating patches: each row is one channel, its strongest photos "
+                 "left to right (#1 = strongest)", fontsize=12)
+    return fig
+
+
 # --- features / lesson 02 ------------------------------------------------------------
 
 def plot_projections(panels: Mapping[str, tuple[object, object]], classes: Sequence[str],
@@ -561,5 +596,35 @@ def plot_strategy_guide(guide: pd.DataFrame, title: str | None = None) -> Figure
                        for w in winners], title="cell colour: best strategy\n(pale: not a clear win)", fontsize=8,
               loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title or "The strategy guide, as measured")
+    fig.tight_layout()
+    return fig
+
+
+# --- lessons 03 and 04: one number per seed ------------------------------------------------
+
+def plot_seed_comparison(results: Mapping[str, pd.Series], chance: float | None = None,
+                         title: str = "Test accuracy by seed") -> Figure:
+    """One bar per setting (its mean over seeds) with every seed's result as a dot.
+
+    ``results`` maps a setting's name to its test accuracies (0-1) indexed by seed, as
+    :func:`tlcourse.training.over_seeds` returns them.
+    """
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.8 * len(results)))
+    names = list(results)
+    for i, name in enumerate(names):
+        values = results[name] * 100
+        ax.barh(i, values.mean(), color="tab:blue", alpha=0.35,
+                label="mean over seeds" if i == 0 else None)
+        ax.plot(values, [i] * len(values), "o", color="tab:blue", label="one seed" if i == 0 else None)
+    if chance is not None:
+        ax.axvline(chance * 100, color="grey", linestyle=":", label="always guessing one class")
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig

@@ -27,21 +27,26 @@ class Settings:
     reason: str
     device: str
     arch: str
+    #: the main data set (near domain), the few-shot near task and the far domain (see data.DATASETS)
     dataset: str
+    few_shot_dataset: str
     far_dataset: str
+    #: pixels a side for photos, and for the far domain when shown to an ImageNet network
     image_size: int
+    far_image_size: int
     batch_size: int
+    #: epochs of each training phase (head only; then the unfrozen network)
     epochs: int
-    train_per_class: int | None
-    valid_per_class: int | None
-    shots: tuple[int, ...]
+    #: training images a class in lessons 02-04 (None: all of them)
+    per_class: int | None
     seeds: tuple[int, ...]
-    #: Lesson 05's experiments: epochs per run, training images per class in the
-    #: data-size sweep, seeds, and how many body groups to freeze in the freeze-depth sweep.
+    #: lesson 05: images a class in the near and far sweeps, and training epochs per run
+    near_sizes: tuple[int, ...]
+    far_sizes: tuple[int, ...]
+    few_shot_sizes: tuple[int, ...]
     sweep_epochs: int
-    sweep_sizes: tuple[int, ...]
-    sweep_seeds: tuple[int, ...]
-    sweep_frozen: tuple[int, ...]
+    #: torch CPU threads (None: torch's own choice); see :func:`set_threads`
+    threads: int | None
     cache_dir: Path
 
     def __str__(self) -> str:
@@ -51,7 +56,8 @@ class Settings:
             if f.name not in ("mode", "reason"):
                 lines.append(f"  {f.name:<{width}} {getattr(self, f.name)}")
         other = "full" if self.mode == "quick" else "quick"
-        lines.append(f"Set TLCOURSE_MODE={other} before importing tlcourse to switch.")
+        lines.append(f"To switch, set TLCOURSE_MODE={other} (for example with os.environ in the "
+                     "first cell, or in the shell before starting Jupyter) and restart the kernel.")
         return "\n".join(lines)
 
 
@@ -87,7 +93,9 @@ def cache_dir() -> Path:
     """Folder for converted weights, generated data, features and results.
 
     ``TLCOURSE_CACHE`` overrides it; otherwise ``~/.cache/tlcourse`` (or
-    ``$XDG_CACHE_HOME/tlcourse``).  Created on first use.
+    ``$XDG_CACHE_HOME/tlcourse``).  Created on first use; a folder that cannot be
+    created raises ``tlcourse.download.CacheError`` (an ``OSError``) naming it and
+    ``TLCOURSE_CACHE``.
     """
     env = os.environ.get("TLCOURSE_CACHE")
     if env:
@@ -95,7 +103,12 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         path = Path(base) / "tlcourse"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # cannot be created: say which folder, and TLCOURSE_CACHE
+        from tlcourse.download import cache_error
+
+        raise cache_error(path, err) from None
     return path
 
 
@@ -114,6 +127,20 @@ def _choose_mode() -> tuple[str, str]:
     return "quick", "no CUDA GPU found and TLCOURSE_MODE is not set"
 
 
+def set_threads(settings: Settings) -> int:
+    """Give torch ``settings.threads`` CPU threads (if set) and return how many it uses.
+
+    On a CPU the course uses one thread unless ``TLCOURSE_THREADS`` says otherwise:
+    on a 2-core laptop that is also running a browser, two torch threads keep waiting
+    for each other and ran several times slower than one (measured in
+    ``benchmarks/threads.py``; see docs/instructors.md).  Notebooks call this right
+    after reading their settings; importing tlcourse changes nothing by itself.
+    """
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    return torch.get_num_threads()
+
+
 def get_settings() -> Settings:
     """Read the switch and return the sizes for this mode.
 
@@ -123,23 +150,17 @@ def get_settings() -> Settings:
     mode, reason = _choose_mode()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     arch = os.environ.get("TLCOURSE_ARCH", OFFLINE_ARCH) if mode == "full" else OFFLINE_ARCH
+    threads = 1 if device == "cpu" else None
+    if os.environ.get("TLCOURSE_THREADS"):
+        threads = int(os.environ["TLCOURSE_THREADS"])
+    common = dict(mode=mode, reason=reason, device=device, arch=arch, few_shot_dataset="pet_breeds",
+                  far_dataset="fashion", seeds=(0, 1, 2), threads=threads, cache_dir=cache_dir())
     if mode == "quick":
-        return Settings(
-            mode=mode, reason=reason, device=device, arch=arch,
-            dataset="shapes", far_dataset="digits",
-            image_size=96, batch_size=16, epochs=8,
-            train_per_class=20, valid_per_class=20,
-            shots=(1, 2, 5, 10, 20), seeds=(0, 1, 2),
-            sweep_epochs=4, sweep_sizes=(2, 5, 20), sweep_seeds=(0, 1), sweep_frozen=(3, 6),
-            cache_dir=cache_dir(),
-        )
-    return Settings(
-        mode=mode, reason=reason, device=device, arch=arch,
-        dataset="pets", far_dataset="digits",
-        image_size=224, batch_size=64, epochs=4,
-        train_per_class=None, valid_per_class=None,
-        shots=(1, 2, 5, 10, 20, 50, 100), seeds=(0, 1, 2),
-        sweep_epochs=5, sweep_sizes=(2, 10, 50, 150), sweep_seeds=(0, 1, 2),
-        sweep_frozen=(2, 4, 6, 8),
-        cache_dir=cache_dir(),
-    )
+        return Settings(**common, dataset="cats_dogs", image_size=128, far_image_size=64,
+                        batch_size=16, epochs=4, per_class=10,
+                        near_sizes=(1, 2, 5, 10, 20, 60), far_sizes=(5, 20, 100, 500),
+                        few_shot_sizes=(1, 2, 5), sweep_epochs=4)
+    return Settings(**common, dataset="pets", image_size=224, far_image_size=128,
+                    batch_size=64, epochs=4, per_class=None,
+                    near_sizes=(1, 2, 5, 10, 20, 60), far_sizes=(5, 20, 100, 600),
+                    few_shot_sizes=(1, 2, 5), sweep_epochs=8)
