@@ -1,5 +1,7 @@
 """Every notebook follows the course's conventions; student copies hide solutions and still run."""
 
+import ast
+import builtins
 import subprocess
 import sys
 from pathlib import Path
@@ -83,10 +85,65 @@ def test_student_copies_never_overwrite_the_originals():
         notebooks.write_student_copies(ROOT / "notebooks", ROOT / "notebooks")
 
 
-def test_student_copies_run_under_nbval(student_dir):
-    """The placeholders leave every check at 'not done yet', and every cell still runs."""
+def _names(source: str) -> tuple[set[str], set[str]]:
+    """Names a cell's code binds and names it reads (IPython magics and shell lines skipped)."""
+    code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+    bound, read = set(), set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Name):
+            (bound if isinstance(node.ctx, (ast.Store, ast.Del)) else read).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return bound, read
+
+
+def _solution_only_reads(nb) -> list[str]:
+    """Cells (outside solutions) that read a name which, at that point, only a solution has bound."""
+    outside: set[str] = set(dir(builtins)) | {"display", "get_ipython"}
+    only_in_solutions: set[str] = set()
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        bound, read = _names(cell.source)
+        if "solution" in cell.metadata.get("tags", []):
+            only_in_solutions |= bound - outside
+            continue
+        missing = (read & only_in_solutions) - outside - bound
+        if missing:
+            problems.append(f"cell {index} reads {sorted(missing)}, which only a solution defines")
+        outside |= bound
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_cell_reads_a_variable_that_only_a_solution_defines(path):
+    """What a student copy needs: every name a non-solution cell reads is bound outside solutions."""
+    assert _solution_only_reads(nbformat.read(path, as_version=4)) == []
+
+
+def test_the_solution_reads_check_finds_a_leak():
+    cells = [nbformat.v4.new_code_cell("import math\nx = 1"),
+             nbformat.v4.new_code_cell("answer = ...", metadata={"tags": ["exercise"]}),
+             nbformat.v4.new_code_cell("best = math.sqrt(x)\nanswer = best", metadata={"tags": ["solution"]}),
+             nbformat.v4.new_code_cell("print(answer, best)")]
+    assert _solution_only_reads(nbformat.v4.new_notebook(cells=cells)) == [
+        "cell 3 reads ['best'], which only a solution defines"]
+
+
+def test_a_student_copy_runs_under_nbval(student_dir):
+    """The placeholders leave every check at 'not done yet', and every cell still runs.
+
+    One lesson is executed here (the others' student copies differ from the lessons
+    that nbval runs only by the solution cells, which the test above covers).
+    """
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "--nbval-lax", "-o", "addopts=", "--rootdir", str(ROOT), str(student_dir)],
+                           "--nbval-lax", "-o", "addopts=", "--rootdir", str(ROOT),
+                           str(student_dir / "00_setup.ipynb")],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
