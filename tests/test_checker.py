@@ -11,34 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from imaging import COLOURS, jpeg_bytes, picture, write
 from PIL import Image
 
 from tlcourse import checker, exercises
 
 GOOD = {"cat": 12, "dog": 12, "bird": 3}
-COLOURS = {"cat": (200, 60, 60), "dog": (60, 60, 200), "bird": (60, 200, 60)}
-
-
-def picture(label: str, rng: np.random.Generator, size=(40, 40)) -> Image.Image:
-    """A noisy image whose mean colour depends on the class (so there is something to learn)."""
-    base = np.array(COLOURS[label], dtype=float)
-    pixels = base + rng.normal(0, 40, (size[1], size[0], 3))
-    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-
-
-def jpeg_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def write(root: Path, rel: str, payload: bytes | Image.Image, fmt: str | None = None) -> None:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(payload, Image.Image):
-        payload.save(path, format=fmt)
-    else:
-        path.write_bytes(payload)
 
 
 #: Every bad case: (file, kind of issue, text expected on its line of the summary).

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import imaging
 import pytest
 import torch
 from PIL import Image, ImageFile
@@ -24,29 +25,13 @@ from PIL import Image, ImageFile
 from tlcourse import checker
 
 ROOT = Path(__file__).resolve().parent.parent
-COLOURS = {"cat": (200, 60, 60), "dog": (60, 60, 200), "robin": (200, 120, 40), "wren": (90, 70, 50)}
 
 
 def picture(label: str, seed: int, size: int = 40) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    pixels = np.array(COLOURS[label], dtype=float) + rng.normal(0, 30, (size, size, 3))
-    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    return imaging.picture(label, seed, size, noise=30)
 
 
-def jpeg(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def put(root: Path, rel: str, payload: bytes | Image.Image, fmt: str | None = None) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(payload, Image.Image):
-        payload.save(path, format=fmt)
-    else:
-        path.write_bytes(payload)
-    return path
+jpeg, put = imaging.jpeg_bytes, imaging.write
 
 
 def classes(root: Path, layout: dict[str, int], start: int = 0) -> None:
