@@ -253,8 +253,10 @@ def load_result(run: Run, s: Settings) -> dict | None:
     if saved.get("key") != json.loads(json.dumps(run_key(run, s))):
         return None
     result = saved.get("result")
-    if not isinstance(result, dict) or (run.curve and not result.get("curve")):
+    if not isinstance(result, dict):
         return None
+    if run.curve and not any(point.get("accuracy") is not None for point in result.get("curve") or []):
+        return None  # saved without a learning curve, which this request needs
     return result
 
 
@@ -666,9 +668,9 @@ def dataclass_replace(run: Run, **changes) -> Run:
 # --- the lesson's grid -------------------------------------------------------------------
 
 #: Sizes at which the network strategies run in quick mode (fine_tune costs seconds an image on a CPU).
-QUICK_NETWORK_SIZES = {"near": (2, 20), "few_shot": (), "far": (5,)}
+QUICK_NETWORK_SIZES = {"near": (5, 20), "few_shot": (), "far": (5,)}
 #: Sizes at which scratch runs in quick mode (photos: it stays near chance at every size).
-QUICK_SCRATCH_SIZES = {"near": (2, 10, 60), "few_shot": (5,), "far": (5, 20, 100, 500)}
+QUICK_SCRATCH_SIZES = {"near": (5, 20, 60), "few_shot": (5,), "far": (5, 20, 100, 500)}
 
 
 def network_sizes(kind: str, s: Settings, strategy: str = "fine-tune") -> tuple[int, ...]:
@@ -767,15 +769,33 @@ def compare(df: pd.DataFrame, domain: str, per_class: int, a: str, b: str) -> di
 
 
 def winner(df: pd.DataFrame, domain: str, per_class: int) -> dict:
-    """The best strategy at one size, its lead over the runner-up (:func:`compare`), or a tie."""
+    """The best strategy at one size, the strategies tied with it, and its lead over the rest.
+
+    ``tied``: the strategies whose gap to the best is not decided (:func:`compare`);
+    ``runner_up``: the best strategy outside that group, ``margin`` the best's lead over
+    it (mean, lowest and highest seed) and ``decided`` whether that lead is decided.
+    When every strategy ties with the best there is no runner-up and nothing is decided.
+    """
     part = summary(df[(df.domain == domain) & (df.per_class == per_class) & (df.frozen == 0)])
-    ranked = part.sort_values("mean", ascending=False).reset_index(drop=True)
-    best, second = ranked.iloc[0], ranked.iloc[1]
-    gap = compare(df, domain, per_class, best.strategy, second.strategy)
-    return {"domain": domain, "per_class": int(per_class), "best": best.strategy, "best_mean": float(best["mean"]),
-            "runner_up": second.strategy, "runner_up_mean": float(second["mean"]), "margin": gap["mean"],
-            "margin_low": gap["low"], "margin_high": gap["high"], "decided": gap["decided"],
-            "strategies": ", ".join(ranked.strategy)}
+    ranked = list(part.sort_values("mean", ascending=False).strategy)
+    if len(ranked) < 2:
+        raise ValueError(f"only {ranked} ran on {domain} at {per_class} a class: nothing to compare.")
+    best = ranked[0]
+    means = part.set_index("strategy")["mean"]
+    tied = [o for o in ranked[1:] if not compare(df, domain, per_class, best, o)["decided"]]
+    rest = [o for o in ranked[1:] if o not in tied]
+    out = {"domain": domain, "per_class": int(per_class), "best": best, "best_mean": float(means[best]),
+           "tied": ", ".join(tied), "strategies": ", ".join(ranked), "runner_up": None,
+           "runner_up_mean": math.nan, "margin": math.nan, "margin_low": math.nan, "margin_high": math.nan,
+           "decided": False}
+    if rest:
+        gap = compare(df, domain, per_class, best, rest[0])
+        out.update(runner_up=rest[0], runner_up_mean=float(means[rest[0]]), margin=gap["mean"],
+                   margin_low=gap["low"], margin_high=gap["high"], decided=gap["decided"])
+    else:  # report the gap to the second best, which is a tie
+        gap = compare(df, domain, per_class, best, ranked[1])
+        out.update(margin=gap["mean"], margin_low=gap["low"], margin_high=gap["high"])
+    return out
 
 
 def compared_sizes(df: pd.DataFrame, domain: str) -> list[int]:
@@ -809,12 +829,11 @@ def strategy_guide(df: pd.DataFrame, s: Settings | None = None) -> pd.DataFrame:
             w = winner(df, domain, n)
             advice, text = ADVICE[(amount, similarity)]
             ran = set(df[(df.domain == domain) & (df.per_class == n)].strategy)
-            if w["best"] == advice:
+            top = [w["best"]] + [t for t in w["tied"].split(", ") if t]
+            if advice in top:
                 verdict = "agrees" if w["decided"] else "tie"
-            elif advice in ran:
-                verdict = "disagrees" if compare(df, domain, n, w["best"], advice)["decided"] else "tie"
             else:
-                verdict = "not run"
+                verdict = "disagrees" if advice in ran else "not run"
             rows.append({"amount": amount, "similarity": similarity, **w, "advice": advice,
                          "advice_text": text, "verdict": verdict})
     return pd.DataFrame(rows)
@@ -823,8 +842,8 @@ def strategy_guide(df: pd.DataFrame, s: Settings | None = None) -> pd.DataFrame:
 def grid_cost(results: pd.DataFrame, s: Settings) -> pd.DataFrame:
     """Estimated CPU time of the *full-mode* grid, from the seconds the quick runs took here.
 
-    For scratch and for the network strategies (fine-tune and freeze) the median measured
-    seconds per training image and epoch is multiplied by each full-mode run's training
+    For scratch and for the network strategies (fine-tune and freeze) the measured seconds
+    per training image and epoch (all runs of the kind together) is multiplied by each full-mode run's training
     images and epochs, and for the network by the ratio of pixels (full-mode images are
     larger).  Head-only runs on cached features cost nothing next to them, but their
     features do: one pass over every image (estimated as a third of a training epoch).
@@ -836,7 +855,8 @@ def grid_cost(results: pd.DataFrame, s: Settings) -> pd.DataFrame:
     n_classes = {"pets": 37, s.few_shot_dataset: 37, s.far_dataset: 10, s.dataset: 2}
     measured = results[results.strategy != "head-only"].copy()
     measured["kind"] = np.where(measured.strategy == "scratch", "scratch", "network")
-    per = (measured.seconds / (measured.n_train * measured.epochs)).groupby(measured.kind).median()
+    work = measured.n_train * measured.epochs
+    per = measured.seconds.groupby(measured.kind).sum() / work.groupby(measured.kind).sum()
     rows = []
     for run in lesson_runs(full):
         if run.strategy == "head-only":
