@@ -131,11 +131,15 @@ def plot_guide(guide: pd.DataFrame, title: str = "") -> Figure:
         x, y = cols.index(r.similarity), rows.index(r.amount)
         colour = COLOURS.get(r.best, "tab:purple")
         ax.add_patch(plt.Rectangle((x - 0.48, y - 0.46), 0.96, 0.92, color=colour, alpha=0.35 if r.decided else 0.1))
-        lead = (f"leads {r.runner_up} by {100 * r.margin:.1f} points\n(seeds {100 * r.margin_low:+.1f} to "
-                f"{100 * r.margin_high:+.1f})" if r.decided else
-                f"TIE with {r.runner_up}: {100 * r.margin:+.1f} points\n(seeds {100 * r.margin_low:+.1f} to "
-                f"{100 * r.margin_high:+.1f})")
-        text = (f"{r.domain}, {r.per_class} a class\nbest: {r.best} ({100 * r.best_mean:.0f}%)\n{lead}\n"
+        best = f"best: {r.best} ({100 * r.best_mean:.0f}%)" + (f", tied with {r.tied}" if r.tied else "")
+        if isinstance(r.runner_up, str):
+            lead = (f"{'leads' if r.decided else 'ahead of'} {r.runner_up} by {100 * r.margin:.1f} points\n"
+                    f"(seeds {100 * r.margin_low:+.1f} to {100 * r.margin_high:+.1f})"
+                    + ("" if r.decided else ": not decided"))
+        else:
+            lead = (f"TIE: {100 * r.margin:+.1f} points\n(seeds {100 * r.margin_low:+.1f} to "
+                    f"{100 * r.margin_high:+.1f})")
+        text = (f"{r.domain}, {r.per_class} a class\n{best}\n{lead}\n"
                 f"articles: {r.advice}\n-> {marks[r.verdict]}")
         ax.text(x, y, text, ha="center", va="center", fontsize=8.5)
     ax.set_xlim(-0.5, 1.5)
