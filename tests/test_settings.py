@@ -55,3 +55,73 @@ def test_versions_are_checked(monkeypatch, capsys):
     monkeypatch.setitem(settings.MIN_VERSIONS, "timm", "999.0")
     with pytest.raises(RuntimeError, match="pip install -U"):
         settings.check_versions()
+
+
+def test_full_mode_loads_data_in_worker_processes(monkeypatch):
+    """Issue 15: on a machine with more than one core, full mode never decodes in the main process."""
+    monkeypatch.setenv("TLCOURSE_MODE", "full")
+    s = settings.get_settings()
+    cpus = len(settings.os.sched_getaffinity(0)) if hasattr(settings.os, "sched_getaffinity") else 1
+    if cpus > 1 and settings.os.name != "nt":
+        assert s.num_workers > 0 and "core" in s.workers_reason
+    assert s.workers_reason  # whatever the value, the settings say why
+    for cpus in (2, 4, 16):
+        workers, pin, why = settings.loader_plan("full", "cuda", cpus=cpus)
+        assert workers == min(cpus, 8) and pin and why
+    workers, _, why = settings.loader_plan("full", "cuda", cpus=1)
+    assert workers == 0 and "one CPU core" in why
+    workers, pin, why = settings.loader_plan("quick", "cpu", cpus=2)
+    assert (workers, pin) == (0, False) and "quick mode" in why
+
+
+def test_full_mode_trains_in_mixed_precision_on_a_gpu(monkeypatch):
+    assert settings.mixed_precision("cpu") is None
+    monkeypatch.setattr(settings.torch.cuda, "is_bf16_supported", lambda: False)
+    assert settings.mixed_precision("cuda") == "fp16"  # a Colab T4
+    monkeypatch.setattr(settings.torch.cuda, "is_bf16_supported", lambda: True)
+    assert settings.mixed_precision("cuda") == "bf16"
+
+    class Learn:
+        def to_fp16(self):
+            return "fp16"
+
+        def to_bf16(self):
+            return "bf16"
+
+    monkeypatch.setenv("TLCOURSE_MODE", "full")
+    s = settings.get_settings()
+    assert settings.to_mixed_precision(Learn(), settings.replace(s, precision="fp16")) == "fp16"
+    assert settings.to_mixed_precision(Learn(), settings.replace(s, precision="bf16")) == "bf16"
+    learn = Learn()
+    assert settings.to_mixed_precision(learn, settings.replace(s, precision=None)) is learn
+
+
+def test_full_mode_defaults_to_a_downloadable_timm_convnext(monkeypatch):
+    import timm
+
+    monkeypatch.setenv("TLCOURSE_MODE", "full")
+    monkeypatch.delenv("TLCOURSE_ARCH", raising=False)
+    s = settings.get_settings()
+    assert s.arch == settings.FULL_ARCH and timm.is_model(s.arch)
+    assert s.resized_short_side == settings.RESIZED_SHORT_SIDE and s.scale == "full"
+    monkeypatch.setenv("TLCOURSE_MODE", "quick")
+    q = settings.get_settings()
+    assert q.arch == settings.OFFLINE_ARCH and q.num_workers == 0 and q.precision is None
+    assert q.resized_short_side is None  # quick mode reads the packaged photos as they are
+
+
+def test_smoke_scale_is_full_mode_shrunk(monkeypatch):
+    monkeypatch.setenv("TLCOURSE_MODE", "full")
+    monkeypatch.setenv("TLCOURSE_SCALE", "smoke")
+    s = settings.get_settings()
+    full = settings.replace(s, scale="full")
+    assert (s.mode, s.scale, s.dataset, s.arch) == ("full", "smoke", "pets", settings.FULL_ARCH)
+    assert s.image_size <= 64 and s.per_class <= 2 and len(s.seeds) >= 2 and full.num_workers == s.num_workers
+    assert "SMOKE" in str(s)
+    monkeypatch.setenv("TLCOURSE_SCALE", "tiny")
+    with pytest.raises(ValueError, match="full, smoke"):
+        settings.get_settings()
+    monkeypatch.setenv("TLCOURSE_MODE", "quick")
+    monkeypatch.setenv("TLCOURSE_SCALE", "smoke")
+    with pytest.raises(ValueError, match="TLCOURSE_MODE=full"):
+        settings.get_settings()

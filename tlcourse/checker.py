@@ -349,7 +349,8 @@ class CheckResult:
                               result=self)
         out = Path(path) if path is not None else s.cache_dir / "own_data"
         out.mkdir(parents=True, exist_ok=True)
-        kwargs.setdefault("num_workers", 0)
+        kwargs.setdefault("num_workers", s.num_workers)
+        kwargs.setdefault("pin_memory", s.pin_memory)
         kwargs.setdefault("device", s.device)
         # fastai drops the last incomplete training batch: a batch as large as the training
         # set would give one step an epoch; at most half of it gives two or more.

@@ -149,19 +149,94 @@ def fashion(cache: Path) -> pd.DataFrame:
     return _finish(pd.DataFrame(rows), root)
 
 
-def full_pets() -> pd.DataFrame:
+def full_pets(settings: Settings | None = None) -> pd.DataFrame:
     """The whole Oxford-IIIT Pet data set (full mode), downloaded on first use, labelled by breed.
 
     A seeded draw puts 20 % of the photos in the test split and 10 % in validation.
+    The table points at a resized copy in the course cache (short side
+    ``settings.resized_short_side``, made once by :func:`resized_copy`), so no lesson
+    decodes the full-size JPEGs again every epoch.
     """
     from tlcourse import download
 
+    s = settings or get_settings()
     root = download.pets_images()
     files = sorted(p.name for p in root.iterdir() if p.suffix == ".jpg")
     draw = np.random.default_rng(42).random(len(files))
     split = np.where(draw < 0.2, "test", np.where(draw < 0.3, "valid", "train"))
     breeds = [f.rsplit("_", 1)[0] for f in files]
+    if s.resized_short_side:
+        root = resized_copy(root, files, s.resized_short_side, s.cache_dir, workers=max(1, s.num_workers))
     return _finish(pd.DataFrame({"fname": files, "label": breeds, "split": split, "breed": breeds}), root)
+
+
+def _resize_one(source: Path, target: Path, short_side: int) -> None:
+    """Write ``source`` as an RGB JPEG whose short side is at most ``short_side``, atomically."""
+    from tlcourse.checker import load_image
+
+    with Image.open(source) as im:
+        if im.format == "JPEG":
+            im.draft("RGB", (short_side, short_side))  # decode at 1/2, 1/4 or 1/8 scale when that suffices
+        img = load_image(im)  # the course's one loader: upright, RGB, damaged files raise
+    scale = short_side / min(img.size)
+    if scale < 1:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.LANCZOS)
+    tmp = target.with_name(target.name + ".tmp")
+    img.save(tmp, format="JPEG", quality=90)
+    tmp.replace(target)
+
+
+def resized_copy(root: Path, files: list[str], short_side: int, cache: Path, workers: int = 1,
+                 progress: bool = True) -> Path:
+    """A copy of ``root / f`` for every ``f`` in ``files`` with short side ``short_side``, in the cache.
+
+    Made once, with a progress bar; on later calls a ``manifest.json`` that lists as many
+    files as asked for says it is complete.  An interrupted copy is resumed where it
+    stopped (each photo is written to a temporary name and renamed when whole) and only
+    then marked complete.  ``workers`` threads decode in parallel (Pillow releases the GIL
+    while decoding and resizing).  Returns the folder.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from tlcourse import download
+
+    listing = "\n".join(f"{f}:{(root / f).stat().st_size}" for f in files)
+    digest = hashlib.sha256(listing.encode()).hexdigest()[:12]
+    final = cache / "data" / f"pets-{short_side}px-{digest}"
+    manifest = final / "manifest.json"
+
+    def complete() -> bool:
+        try:
+            return json.loads(manifest.read_text()).get("files") == len(files)
+        except (OSError, ValueError):
+            return False
+
+    if complete():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with download.locked(final.parent / f".{final.name}.lock"):
+        if complete():  # another process finished it while we waited
+            return final
+        partial = final.with_name(final.name + ".partial")
+        if final.exists():  # a folder without a valid manifest: finish it where it stopped
+            if partial.exists():
+                import shutil
+                shutil.rmtree(partial)
+            final.rename(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        todo = [f for f in files if not (partial / f).is_file()]
+        with tqdm(total=len(files), initial=len(files) - len(todo), unit="photo", disable=not progress,
+                  desc=f"Resizing the photos to {short_side} px (once)") as bar, \
+                ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for _ in pool.map(lambda f: _resize_one(root / f, partial / f, short_side), todo):
+                bar.update(1)
+        (partial / "manifest.json").write_text(json.dumps(
+            {"files": len(files), "short_side": short_side, "source": str(root)}))
+        partial.rename(final)
+    return final
 
 
 def items(name: str | None = None, settings: Settings | None = None) -> pd.DataFrame:
@@ -175,7 +250,7 @@ def items(name: str | None = None, settings: Settings | None = None) -> pd.DataF
     if name == "fashion":
         return fashion(s.cache_dir)
     if name == "pets":
-        return full_pets()
+        return full_pets(s)
     raise ValueError(f"Unknown data set {name!r}: choose one of {', '.join(DATASETS)}.")
 
 
@@ -227,13 +302,16 @@ def get_dls(name: str | None = None, per_class: int | None = None, seed: int = 0
     rows are left out, for :func:`test_rows`.  The same ``seed`` picks the same images
     and shuffles the same way.  The loaders' ``path`` (where a learner writes
     checkpoints and exports) is the course cache: the data folder is only read.
+    Worker processes and pinned memory follow the settings (``num_workers``,
+    ``pin_memory``: several workers in full mode, none in quick mode; see
+    :func:`tlcourse.settings.loader_plan` for the reasons).
     """
     s = settings or get_settings()
     df = subsample(items(name, s), per_class if per_class is not None else s.per_class, seed)
     size = image_size or s.image_size
     return datablock(df.attrs["path"], size, augment).dataloaders(
         df, path=s.cache_dir, bs=batch_size(int((~df.is_valid).sum()), s), seed=seed,
-        device=s.device, num_workers=0, **kwargs)
+        **{"device": s.device, "num_workers": s.num_workers, "pin_memory": s.pin_memory, **kwargs})
 
 
 def test_rows(name: str | None = None, settings: Settings | None = None) -> pd.DataFrame:

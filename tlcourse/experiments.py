@@ -411,7 +411,7 @@ def _tensor_dl(x: torch.Tensor, y: torch.Tensor, bs: int, train: bool, device: s
 
     return DataLoader(list(range(len(x))), bs=bs, shuffle=train, drop_last=train, device=device,
                       create_batch=lambda idx: (x[torch.as_tensor(idx)], y[torch.as_tensor(idx)]),
-                      retain=lambda res, b: res, num_workers=0)
+                      retain=lambda res, b: res, num_workers=0)  # slices of tensors in memory: nothing to load
 
 
 def scratch_learner(domain: str, per_class: int, seed: int, s: Settings | None = None,
@@ -545,7 +545,7 @@ def _train_network(run: Run, s: Settings) -> dict:
     df = pd.concat([df[df.split == "train"], valid])  # data.get_dls, with the curves' validation rows
     dls = data.datablock(df.attrs["path"], size, augment=True).dataloaders(
         df, path=s.cache_dir, bs=data.batch_size(int((df.split == "train").sum()), s), seed=run.seed,
-        device=s.device, num_workers=0)
+        device=s.device, num_workers=s.num_workers, pin_memory=s.pin_memory)
     log = EpochLog(run.curve)
     kwargs = training.RECIPE.learner_kwargs()
     kwargs["cbs"] = list(kwargs.get("cbs", [])) + [log]

@@ -159,6 +159,8 @@ def extract(model: nn.Module, df: pd.DataFrame, transform: Callable, classes: Se
     from tqdm.auto import tqdm
 
     classes = list(classes or class_names(df))
+    # One pass over the photos, then the features are cached: worker processes would cost more to
+    # start than they save on a laptop, and on a GPU this runs once per data set, not every epoch.
     loader = torch.utils.data.DataLoader(_ImageTable(df, transform, classes), batch_size=batch_size,
                                          shuffle=False, num_workers=0)
     model = model.eval().to(device)

@@ -139,6 +139,24 @@ def torchvision_archs() -> set[str]:
             if getattr(f, "__module__", "").startswith("torchvision")}
 
 
+def fastai_arch(arch: str | None = None, pretrained: bool = True):
+    """``arch`` as ``vision_learner`` wants it: torchvision's model function for a torchvision
+    name (its ImageNet weights fetched first, checked, into the folder torchvision reads),
+    the name itself for a timm model (whose weights :func:`timm_kwargs` supplies).
+
+    fastai reads a plain string as a timm name, so ``"resnet34"`` alone would ask the
+    Hugging Face hub for timm's ResNet-34 instead of torchvision's.
+    """
+    source, name = arch_source(arch or get_settings().arch)
+    if source != "torchvision":
+        return name
+    from torchvision import models as tvm
+
+    if pretrained:
+        download.fetch(name)
+    return getattr(tvm, name)
+
+
 def timm_kwargs(arch: str | None = None) -> dict:
     """Extra keyword arguments that make timm load ``arch``'s ImageNet weights from a local file.
 
@@ -194,14 +212,7 @@ def learner(dls: DataLoaders, pretrained: bool = True, arch: str | None = None, 
     """
     arch = arch or get_settings().arch
     kwargs.setdefault("metrics", accuracy)
-    source, name = arch_source(arch)
-    if source == "torchvision":
-        from torchvision import models as tvm
-
-        if pretrained:
-            download.fetch(name)  # into the folder torchvision reads, checked
-        with download.explained(f"{name} ImageNet weights"):
-            return vision_learner(dls, getattr(tvm, name), pretrained=pretrained, **kwargs)
-    extra = timm_kwargs(name) if pretrained else {}
-    with download.explained(f"{name} ImageNet weights"):
-        return vision_learner(dls, name, pretrained=pretrained, **extra, **kwargs)
+    model = fastai_arch(arch, pretrained)
+    extra = timm_kwargs(arch) if pretrained else {}
+    with download.explained(f"{arch_source(arch)[1]} ImageNet weights"):
+        return vision_learner(dls, model, pretrained=pretrained, **extra, **kwargs)

