@@ -185,6 +185,8 @@ def rehearsal_env(work: Path, mirror: Path, url: str, arch: str | None) -> dict[
                # The hub itself is never asked (the download code takes timm weights from the
                # mirror); a call that bypasses it fails at once instead of retrying for a minute.
                HF_HUB_OFFLINE="1",
+               # Two notebooks run at once on two cores: one torch thread each.
+               TLCOURSE_THREADS="1",
                NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     if arch:
         env["TLCOURSE_ARCH"] = arch
