@@ -12,7 +12,6 @@ Run: ``TLCOURSE_MODE=quick python benchmarks/scratch_lr.py`` (a few minutes on a
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import torch
 

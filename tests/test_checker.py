@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from imaging import COLOURS, jpeg_bytes, picture, write
+from imaging import jpeg_bytes, picture, write
 from PIL import Image
 
 from tlcourse import checker, exercises

@@ -5,13 +5,11 @@ Each test builds its own faulty cache, folder or notebook.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import nbformat
 import pytest
-import torch
 
 from tlcourse import cli, download, models
 

@@ -441,15 +441,3 @@ def test_plot_projections_side_by_side_with_labels():
     plt.close("all")
 
 
-def test_plot_shots_curve_has_mean_band_chance_and_labels():
-    result = pd.DataFrame({"weights": ["pre"] * 4 + ["rand"] * 4, "shots": [1, 1, 5, 5] * 2,
-                           "seed": [0, 1] * 4, "accuracy": [0.5, 0.6, 0.8, 0.9, 0.2, 0.25, 0.2, 0.3]})
-    fig = plots.plot_shots_curve(result, chance=0.2)
-    ax = fig.axes[0]
-    assert "%" in ax.get_ylabel() and "per class" in ax.get_xlabel() and ax.get_title()
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any("mean of 2 seeds" in t for t in labels) and any("chance" in t for t in labels)
-    assert ax.lines[0].get_ydata().tolist() == pytest.approx([55, 85])
-    with pytest.raises(ValueError):
-        plots.plot_shots_curve(pd.DataFrame({"x": [1]}))
-    plt.close("all")

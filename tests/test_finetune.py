@@ -330,22 +330,11 @@ def test_history_and_curve_plots(dls, tmp_path):
     assert loss_ax.get_xlabel() == "epoch" and "loss" in loss_ax.get_ylabel()
     assert "%" in acc_ax.get_ylabel() and loss_ax.get_legend() is not None
     assert isinstance(plots.plot_training_curves(learn), Figure)
-    fig = plots.plot_accuracy_comparison({"a": h, "b": learn}, chance=0.2)
-    assert len(fig.axes[0].get_legend().get_texts()) == 3
     with pytest.raises(ValueError, match="History or a fastai Learner"):
         plots.plot_training_curves(42)
     with pytest.raises(ValueError, match="at least one"):
         training.History.join([])
 
-
-def test_scratch_dir_is_new_and_empty():
-    a, b = training.scratch_dir(), training.scratch_dir()
-    assert a != b and a.is_dir() and not any(a.iterdir())
-    a.rmdir()
-    b.rmdir()
-
-
-# --- exercise checks ------------------------------------------------------------------
 
 def _says(capsys, word):
     assert word in capsys.readouterr().out

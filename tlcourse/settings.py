@@ -9,7 +9,7 @@ GPU.  Without the variable the course picks ``full`` when CUDA is available and
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch

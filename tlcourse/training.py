@@ -13,19 +13,16 @@ out step by step.  Training histories are read from fastai's ``Recorder``, and
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from fastai.torch_core import norm_bias_params, params
-from fastai.vision.all import Callback, Learner, TrainEvalCallback, set_seed
+from fastai.vision.all import Callback, Learner, TrainEvalCallback
 from torch import nn
 
-from tlcourse import data, models
 
 
 
@@ -313,29 +310,6 @@ def vgg_head(in_shape: tuple[int, int, int], n_out: int, hidden: int = 256, p: f
 # --- training recipes written out ---------------------------------------------------
 
 
-def fine_tune_by_hand(learn: Learner, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
-                      lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0,
-                      record: list | None = None) -> None:
-    """Exactly what ``learn.fine_tune(epochs, base_lr, freeze_epochs, ...)`` does (fastai 2.7-2.8).
-
-    1. freeze the body and train the head for ``freeze_epochs`` (one cycle whose rate
-       rises for 99% of the steps);
-    2. halve the base rate, unfreeze, and train everything for ``epochs`` with rates
-       from ``base_lr / 2 / lr_mult`` (earliest group) to ``base_lr / 2`` (head).
-
-    With ``record`` (a list) the ``History`` of each step is appended to it.
-    """
-    learn.freeze()
-    learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99)
-    if record is not None:
-        record.append(History.of(learn, "head only"))
-    base_lr /= 2
-    learn.unfreeze()
-    learn.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div)
-    if record is not None:
-        record.append(History.of(learn, "all groups"))
-
-
 def gradual_schedule(total_epochs: int, freeze_epochs: int = 1) -> list[tuple[int, int]]:
     """``(freeze_to argument, epochs)`` for gradual unfreezing of a four-group learner
     within ``total_epochs``: the head for ``freeze_epochs``, then ``freeze_to(-2)``,
@@ -465,48 +439,7 @@ class History:
         return float(self.epochs["accuracy"].iloc[-1])
 
 
-def fresh_learner(seed: int = 0, dls_kwargs: dict | None = None, **kwargs) -> Learner:
-    """New DataLoaders and a new ``models.learner`` from one seed, so that two calls with
-    the same seed and the same training code give the same numbers.
-
-    The seed is set *before* the DataLoaders are built: a fastai DataLoader draws the
-    seed of its own shuffling from Python's ``random`` module when it is created, so a
-    ``set_seed`` after that point would not repeat the order of the batches.
-    Unless ``path=`` is given, ``learn.path`` (where fastai writes lr_find's checkpoint
-    and, by default, exports) is a scratch folder of this Python process, deleted when it
-    exits: export to a path of your own to keep a learner.
-    """
-    set_seed(seed, reproducible=True)
-    dls = data.get_dls(seed=seed, **(dls_kwargs or {}))
-    kwargs.setdefault("path", _session_scratch())
-    return models.learner(dls, **kwargs)
-
-
-_SCRATCH: list[Path] = []
-
-
-def _session_scratch() -> Path:
-    """One scratch folder per Python process, deleted when the process exits."""
-    if not _SCRATCH or not _SCRATCH[0].is_dir():
-        import atexit
-        import shutil
-
-        path = scratch_dir()
-        atexit.register(shutil.rmtree, path, ignore_errors=True)
-        _SCRATCH[:] = [path]
-    return _SCRATCH[0]
-
-
-def scratch_dir(prefix: str = "tlcourse-") -> Path:
-    """A new private temporary folder (for ``learn.path``: lr_find's checkpoint, exports).
-
-    fastai writes under ``learn.path``, which defaults to the data folder; a private
-    folder keeps the data untouched and two notebooks running at once apart.
-    """
-    return Path(tempfile.mkdtemp(prefix=prefix))
-
-
 __all__ = ["RECIPE", "compare", "over_seeds", "spread_table", "verdict", "FreezeBNStats", "Recipe", "test_accuracy", "GroupLrs", "History", "body_output_shape", "expected_lrs",
-           "fine_tune_by_hand", "four_groups", "fresh_learner", "gradual_schedule", "gradual_unfreeze",
-           "group_lrs", "group_names", "param_summary", "params_by_layer_type", "scratch_dir", "set_lrs",
+           "four_groups", "gradual_schedule", "gradual_unfreeze",
+           "group_lrs", "group_names", "param_summary", "params_by_layer_type", "set_lrs",
            "split_body", "vgg_head"]

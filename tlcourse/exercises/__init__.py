@@ -17,7 +17,7 @@ Each lesson's checks live in their own module (``lesson00`` ... ``lesson06``);
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 PLACEHOLDERS = (Ellipsis, None)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from tlcourse.exercises import close, exercise
+from tlcourse.exercises import exercise
 
 #: Exercise 2 of 03_head_only: a VGG-style head for this image size and number of classes.
 LESSON03_SIZE, LESSON03_CLASSES = 224, 2

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from tlcourse.exercises import close, exercise
+from tlcourse.exercises import exercise
 
 #: Exercise 1 of 04_fine_tuning: rates for ``slice(LO, HI)`` over four layer groups.
 LESSON04_SLICE = (1e-5, 1e-3)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-from tlcourse.exercises import close, exercise
+from tlcourse.exercises import exercise
 
 #: Problems a clean copy must not have any more (it may still hold small images or small classes).
 _UNCLEAN = ("unreadable", "needs_plugin", "bad_pixels", "duplicate_across", "duplicate_within",
