@@ -1,5 +1,7 @@
 """The mode switch: one variable sizes everything, bad values get a clear error."""
 
+from dataclasses import replace
+
 import pytest
 
 from tlcourse import settings
@@ -90,10 +92,10 @@ def test_full_mode_trains_in_mixed_precision_on_a_gpu(monkeypatch):
 
     monkeypatch.setenv("TLCOURSE_MODE", "full")
     s = settings.get_settings()
-    assert settings.to_mixed_precision(Learn(), settings.replace(s, precision="fp16")) == "fp16"
-    assert settings.to_mixed_precision(Learn(), settings.replace(s, precision="bf16")) == "bf16"
+    assert settings.to_mixed_precision(Learn(), replace(s, precision="fp16")) == "fp16"
+    assert settings.to_mixed_precision(Learn(), replace(s, precision="bf16")) == "bf16"
     learn = Learn()
-    assert settings.to_mixed_precision(learn, settings.replace(s, precision=None)) is learn
+    assert settings.to_mixed_precision(learn, replace(s, precision=None)) is learn
 
 
 def test_full_mode_defaults_to_a_downloadable_timm_convnext(monkeypatch):
@@ -114,7 +116,7 @@ def test_smoke_scale_is_full_mode_shrunk(monkeypatch):
     monkeypatch.setenv("TLCOURSE_MODE", "full")
     monkeypatch.setenv("TLCOURSE_SCALE", "smoke")
     s = settings.get_settings()
-    full = settings.replace(s, scale="full")
+    full = replace(s, scale="full")
     assert (s.mode, s.scale, s.dataset, s.arch) == ("full", "smoke", "pets", settings.FULL_ARCH)
     assert s.image_size <= 64 and s.per_class <= 2 and len(s.seeds) >= 2 and full.num_workers == s.num_workers
     assert "SMOKE" in str(s)
