@@ -56,6 +56,7 @@ from fastai.vision.all import (
 import torch
 from PIL import Image, ImageFile, ImageOps
 
+from tlcourse.data import batch_size
 from tlcourse.settings import Settings, get_settings
 
 #: Extensions of image files and the Pillow formats their content may have.
@@ -352,10 +353,8 @@ class CheckResult:
         kwargs.setdefault("num_workers", s.num_workers)
         kwargs.setdefault("pin_memory", s.pin_memory)
         kwargs.setdefault("device", s.device)
-        # fastai drops the last incomplete training batch: a batch as large as the training
-        # set would give one step an epoch; at most half of it gives two or more.
         return self.datablock(size, augment, s).dataloaders(
-            self.items, path=out, bs=max(2, min(bs, n_train // 2)), **kwargs)
+            self.items, path=out, bs=batch_size(n_train, s, bs), **kwargs)
 
 
 # --- loading images ---------------------------------------------------------------------

@@ -25,6 +25,16 @@ def _band(ax, x: str, runs: pd.DataFrame, colour: str, label: str | None, marker
     ax.fill_between(stats.index, 100 * stats["min"], 100 * stats["max"], color=colour, alpha=0.2)
 
 
+def _finish_panel(ax, domain: str, n: int, xlabel: str, ylabel: str, legend_loc: str) -> None:
+    """Accuracy axis in percent, labels, grid and legend of one ``(domain, n)`` panel."""
+    ax.set_ylim(0, 100)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{domain}, {n} training images a class")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc=legend_loc)
+
+
 def _chance(ax, chance: float) -> None:
     ax.axhline(100 * chance, color="black", linestyle="--", linewidth=1, label=f"chance ({100 * chance:.0f}%)")
 
@@ -54,12 +64,8 @@ def plot_learning_curves(curves: pd.DataFrame, panels: Sequence[tuple[str, int]]
                 _band(ax, "epoch", runs, COLOURS[strategy], strategy, marker=".")
         _chance(ax, float(part["chance"].iloc[0]))
         ax.set_xscale("log")
-        ax.set_ylim(0, 100)
-        ax.set_xlabel("epoch (passes over the training images, log scale)")
-        ax.set_ylabel("validation accuracy (%)")
-        ax.set_title(f"{domain}, {n} training images a class")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        _finish_panel(ax, domain, n, "epoch (passes over the training images, log scale)",
+                      "validation accuracy (%)", "lower right")
     fig.suptitle(title or "Learning curves (band: lowest to highest seed)")
     fig.tight_layout()
     return fig
@@ -110,12 +116,8 @@ def plot_freeze_depth(results: pd.DataFrame, sizes: dict[str, int], n_groups: in
         ax.set_xticks(ks)
         ax.set_xticklabels([f"{k}\n(fine-tune)" if k == 0 else f"{k}\n(head only)" if k == n_groups else str(k)
                             for k in ks])
-        ax.set_ylim(0, 100)
-        ax.set_xlabel(f"k: body layer groups frozen, of {n_groups} (counted from the input)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{domain}, {n} training images a class")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        _finish_panel(ax, domain, n, f"k: body layer groups frozen, of {n_groups} (counted from the input)",
+                      "test accuracy (%)", "lower left")
     fig.suptitle(title or "Freeze the first k layer groups, train the rest (band: lowest to highest seed)")
     fig.tight_layout()
     return fig

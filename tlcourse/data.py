@@ -276,13 +276,13 @@ def subsample(df: pd.DataFrame, per_class: int | None, seed: int = 0) -> pd.Data
     return out.reset_index(drop=True)
 
 
-def batch_size(n_train: int, settings: Settings) -> int:
-    """The mode's batch size, or half the training set when that is smaller.
+def batch_size(n_train: int, settings: Settings, largest: int | None = None) -> int:
+    """The mode's batch size (or ``largest``), or half the training set when that is smaller.
 
     fastai drops the last incomplete training batch, so a batch as large as the
     training set would give one step an epoch; half gives at least two.
     """
-    return max(2, min(settings.batch_size, n_train // 2))
+    return max(2, min(largest or settings.batch_size, n_train // 2))
 
 
 def datablock(path: str | Path, image_size: int, augment: bool = True) -> DataBlock:
