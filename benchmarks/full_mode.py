@@ -31,7 +31,7 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from tlcourse import checker, data, settings
+from tlcourse import data, images, settings
 
 PETS_IMAGES = 7390
 SPLIT = {"train": 0.7, "valid": 0.1, "test": 0.2}
@@ -79,7 +79,7 @@ def photos(size: int, n: int) -> tuple[torch.Tensor, float]:
     start = time.perf_counter()
     tensors = []
     for f in files:
-        img = checker.load_image(f)
+        img = images.load_image(f)
         scale = size / min(img.size)
         img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))))
         left, top = (img.width - size) // 2, (img.height - size) // 2

@@ -35,7 +35,7 @@ SIZES = {"cats_dogs": (1, 2, 5, 10, 20, 50), "pet_breeds": (1, 2, 5)}
 
 def photo_vectors(model: torch.nn.Module, model_id: str, image_size: int) -> dict[str, torch.Tensor]:
     """Feature vector of every packaged Pets photo by file name (both tasks use the same photos)."""
-    table = data.items("pet_breeds")
+    table = data.items("pet_breeds", get_settings())
     f = features.cached_features(model, model_id, table, image_size, dataset="pet_breeds",
                                  progress=False, verbose=False)
     names = [*(table[table["split"] == split]["fname"] for split in data.SPLITS)]
@@ -45,7 +45,7 @@ def photo_vectors(model: torch.nn.Module, model_id: str, image_size: int) -> dic
 
 def task_features(task: str, vectors: dict[str, torch.Tensor]) -> features.Features:
     """``Features`` of ``task``'s table assembled from per-photo vectors."""
-    table = data.items(task)
+    table = data.items(task, get_settings())
     classes = features.class_names(table)
     parts: list[torch.Tensor] = []
     for split in data.SPLITS:
@@ -65,7 +65,7 @@ def run(seeds: tuple[int, ...] = SEEDS, pixels: int = 32) -> pd.DataFrame:
         for task, sizes in SIZES.items():
             feats = {"pretrained": task_features(task, pretrained),
                      "random init": task_features(task, random_init),
-                     "raw pixels": features.pixel_features(data.items(task), pixels)}
+                     "raw pixels": features.pixel_features(data.items(task, get_settings()), pixels)}
             curve = features.probe_curve(feats, sizes, [seed], progress=False)
             rows.append(curve.assign(task=task))
     return pd.concat(rows, ignore_index=True)[["task", "features", "per_class", "seed", "accuracy"]]

@@ -1,4 +1,4 @@
-"""How the course's training recipe (``training.RECIPE``) was chosen, and what it scores.
+"""How the course's training recipe (``models.RECIPE``) was chosen, and what it scores.
 
 Every candidate is run on cats vs dogs at the quick mode's size (``per_class`` images a class)
 with *selection* seeds and judged on the validation split only; the chosen recipe is then
@@ -19,10 +19,10 @@ import pandas as pd
 import torch
 from fastai.vision.all import set_seed
 
-from tlcourse import data, models, settings, training
+from tlcourse import data, models, settings
 
 SELECTION_SEEDS = (10, 11, 12)
-FROZEN = training.Recipe().learner_kwargs()
+FROZEN = models.Recipe().learner_kwargs()
 CANDIDATES = {  # name: (how to train, learning rate, extra learner arguments)
     "head 1e-2, fastai BN": ("head", 1e-2, {}),
     "head 1e-2, train_bn=False": ("head", 1e-2, {"train_bn": False}),
@@ -39,16 +39,16 @@ CANDIDATES = {  # name: (how to train, learning rate, extra learner arguments)
 def run(how: str, lr: float, extra: dict, seed: int, s: settings.Settings, split: str) -> float:
     """Accuracy on ``split`` of one run: head only (``fit_one_cycle``) or ``fine_tune``."""
     set_seed(seed, reproducible=True)
-    dls = data.get_dls(s.dataset, per_class=s.per_class, seed=seed, settings=s)
-    learn = models.learner(dls, **{**extra, "cbs": [type(cb)() for cb in extra.get("cbs", [])]})
+    dls = data.get_dls(s.dataset, s, per_class=s.per_class, seed=seed)
+    learn = models.learner(dls, s.arch, **{**extra, "cbs": [type(cb)() for cb in extra.get("cbs", [])]})
     with learn.no_bar(), learn.no_logging():
         if how == "head":
             learn.fit_one_cycle(s.epochs, lr)
         else:
-            learn.fine_tune(s.epochs, base_lr=lr, freeze_epochs=1, lr_mult=training.RECIPE.lr_mult)
+            learn.fine_tune(s.epochs, base_lr=lr, freeze_epochs=1, lr_mult=models.RECIPE.lr_mult)
         if split == "valid":
             return float(learn.validate()[1])
-    return training.test_accuracy(learn, data.test_rows(s.dataset, s))
+    return models.test_accuracy(learn, data.test_rows(s.dataset, s))
 
 
 def main() -> None:
@@ -60,10 +60,10 @@ def main() -> None:
     start = time.perf_counter()
     rows = [dict(candidate=name, seed=seed, split="valid", accuracy=run(*spec, seed, s, "valid"))
             for name, spec in CANDIDATES.items() for seed in SELECTION_SEEDS]
-    chosen = {"head only (RECIPE)": ("head", training.RECIPE.head_lr, training.RECIPE.learner_kwargs()),
-              "fine_tune (RECIPE)": ("fine_tune", training.RECIPE.base_lr, training.RECIPE.learner_kwargs()),
-              "head only, fastai BN": ("head", training.RECIPE.head_lr, {}),
-              "fine_tune, fastai BN": ("fine_tune", training.RECIPE.base_lr, {})}
+    chosen = {"head only (RECIPE)": ("head", models.RECIPE.head_lr, models.RECIPE.learner_kwargs()),
+              "fine_tune (RECIPE)": ("fine_tune", models.RECIPE.base_lr, models.RECIPE.learner_kwargs()),
+              "head only, fastai BN": ("head", models.RECIPE.head_lr, {}),
+              "fine_tune, fastai BN": ("fine_tune", models.RECIPE.base_lr, {})}
     rows += [dict(candidate=name, seed=seed, split="test", accuracy=run(*spec, seed, s, "test"))
              for name, spec in chosen.items() for seed in s.seeds]
     df = pd.DataFrame(rows)

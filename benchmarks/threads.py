@@ -22,7 +22,8 @@ import torch
 from fastai.vision.all import set_seed
 
 from tlcourse import data, features, models
-from tlcourse.checker import load_image
+from tlcourse.images import load_image
+from tlcourse.settings import get_settings
 
 
 def _spin(stop) -> None:
@@ -35,7 +36,7 @@ def _spin(stop) -> None:
 
 def decode(n_images: int = 60) -> None:
     """Open, decode and resize photos as the data loaders do."""
-    df = data.items("cats_dogs").head(n_images)
+    df = data.items("cats_dogs", get_settings()).head(n_images)
     transform = features.default_transform(models.create_model(num_classes=0), 128)
     for name in df.fname:
         transform(load_image(data.pets_dir() / name))
@@ -78,7 +79,7 @@ def main() -> None:
     set_seed(0)
     body = models.create_model(num_classes=0)
     batch = torch.randn(16, 3, 128, 128)
-    learn = models.learner(data.get_dls("cats_dogs", per_class=8, seed=0))
+    learn = models.learner(data.get_dls("cats_dogs", get_settings(), per_class=8, seed=0), get_settings().arch)
     tasks = {"decode 60 photos": decode, "features: 4 batches of 16": lambda: extract(body, batch),
              "fine-tune: 4 steps": lambda: train(learn)}
     rows = []

@@ -18,8 +18,8 @@ weights.  :func:`build_mirror` makes stand-ins for them on this machine, with no
 ``TLCOURSE_MODE=full TLCOURSE_SCALE=smoke``, every download URL pointed at the mirror.
 Run as a script, it does that inside ``unshare -rn`` (no network but loopback) when it
 can; ``tests/test_full_mode.py`` calls it so.  The real checks stay in force: the
-download code verifies each file against the manifest's figures (see
-:func:`mirror_startup`), with the full SHA-256 where the real name carries only its prefix.
+download code verifies each file against the manifest's figures (``TLCOURSE_CHECKSUMS``,
+see ``download.resource``), with the full SHA-256 where the real name carries only its prefix.
 """
 
 from __future__ import annotations
@@ -47,12 +47,13 @@ def _describe(path: Path) -> dict:
             "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def pets_archive(target: Path, per_breed: int = 4) -> Path:
+def pets_archive(target: Path, per_breed: int = 10) -> Path:
     """``per_breed`` photos of each breed of the packaged Pets sample as ``oxford-iiit-pet.tgz``,
     in the official layout.
 
-    Four a breed (148 photos) is the fewest for which full mode's seeded split
-    (``data.full_pets``) leaves every breed at least one training photo.
+    Ten a breed (all 370 packaged photos) leaves every breed at least two training photos
+    after full mode's seeded split (``data.full_pets``): lesson 05's smallest near sizes
+    at smoke scale are 1 and 2 a class.
     """
     from PIL import Image
 
@@ -86,9 +87,9 @@ def weights_file(arch: str, target: Path) -> Path:
     """Randomly initialised weights of ``arch`` in the format its real download has."""
     import torch
 
-    from tlcourse import models
+    from tlcourse import settings
 
-    source, name = models.arch_source(arch)
+    source, name = settings.arch_source(arch)
     target.parent.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -111,54 +112,19 @@ def weights_file(arch: str, target: Path) -> Path:
 
 def build_mirror(folder: Path, archs: list[str]) -> Path:
     """Write the mirror (data, weights of ``archs``, manifest) into ``folder``; return it."""
-    from tlcourse import download, models
+    from tlcourse import download, settings
 
     manifest = {}
     archive = pets_archive(folder / "data" / download.PETS.filename)
     manifest[archive.name] = _describe(archive)
     for arch in archs:
-        if models.arch_source(arch)[0] == "offline":
+        if settings.arch_source(arch)[0] == "offline":
             continue
         res = download.weights_resource(arch)
         path = weights_file(arch, folder / "weights" / (res.remote or res.filename))
         manifest[res.filename] = _describe(path)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return folder
-
-
-# Run by every kernel of the rehearsal (an IPython start-up file): the download code
-# checks each mirrored file against the manifest's figures instead of the published ones.
-MIRROR_STARTUP = '''
-import json as _json, os as _os
-from dataclasses import replace as _replace
-if _os.environ.get("TLCOURSE_MIRROR_MANIFEST"):
-    from tlcourse import download as _download
-    _expected = _json.loads(open(_os.environ["TLCOURSE_MIRROR_MANIFEST"]).read())
-    _published = _download.resource
-
-    def _mirrored(name, _published=_published):
-        res = _published(name)
-        known = _expected.get(res.filename)
-        if known is None:
-            return res
-        return _replace(res, size=known["size"],
-                        md5_first_mib=known["md5_first_mib"] if res.md5_first_mib else None,
-                        sha256_prefix=known["sha256"] if res.sha256_prefix else None)
-
-    _download.resource = _mirrored
-'''
-
-
-def mirror_startup(ipython_dir: Path) -> Path:
-    """An IPython profile whose start-up file applies the mirror's manifest (see ``MIRROR_STARTUP``).
-
-    ``tlcourse.download`` has no setting for a mirror's own checksums yet; until it has
-    one, the rehearsal's kernels swap the expected figures of mirrored files only.
-    """
-    startup = ipython_dir / "profile_default" / "startup"
-    startup.mkdir(parents=True, exist_ok=True)
-    (startup / "00-tlcourse-mirror.py").write_text(MIRROR_STARTUP)
-    return ipython_dir
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -180,13 +146,14 @@ def rehearsal_env(work: Path, mirror: Path, url: str, arch: str | None) -> dict[
     env.update(TLCOURSE_MODE="full", TLCOURSE_SCALE="smoke", TLCOURSE_CACHE=str(work / "cache"),
                TLCOURSE_DATA_DIR=str(work / "fastai"), TORCH_HOME=str(work / "torch"),
                HF_HOME=str(work / "hf"), TLCOURSE_DATA_URL=f"{url}/data/",
-               TLCOURSE_WEIGHTS_URL=f"{url}/weights/", TLCOURSE_MIRROR_MANIFEST=str(mirror / "manifest.json"),
-               IPYTHONDIR=str(mirror_startup(work / "ipython")), MPLBACKEND="Agg",
+               TLCOURSE_WEIGHTS_URL=f"{url}/weights/", TLCOURSE_CHECKSUMS=str(mirror / "manifest.json"),
+               MPLBACKEND="Agg",
                # The hub itself is never asked (the download code takes timm weights from the
                # mirror); a call that bypasses it fails at once instead of retrying for a minute.
                HF_HUB_OFFLINE="1",
-               # Two notebooks run at once on two cores: one torch thread each.
-               TLCOURSE_THREADS="1",
+               # Two notebooks run at once on two cores: one torch thread each, and lesson 05's
+               # grid trains in the notebook's own process (no second worker process).
+               TLCOURSE_THREADS="1", TLCOURSE_WORKERS="1",
                NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     if arch:
         env["TLCOURSE_ARCH"] = arch
@@ -218,6 +185,7 @@ def run_notebook(notebook: Path, work: Path, mirror: Path, arch: str | None = No
     os.environ.clear()
     os.environ.update(rehearsal_env(work, mirror, url, arch))
     start = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
     result = {"notebook": notebook.name, "arch": arch or "default", "ok": True, "error": None}
     try:
         nb = nbformat.read(notebook, as_version=4)

@@ -13,7 +13,8 @@ import pytest
 from imaging import jpeg_bytes, picture, write
 from PIL import Image
 
-from tlcourse import checker, exercises
+from tlcourse import checker, exercises, images
+from tlcourse.settings import get_settings
 
 GOOD = {"cat": 12, "dog": 12, "bird": 3}
 
@@ -154,10 +155,10 @@ def test_training_skips_bad_files_and_changes_nothing(bad_folder, tmp_path):
 
     before = folder_state(bad_folder)
     res = checker.check(bad_folder)
-    dls = res.dataloaders(size=32, bs=8, path=tmp_path / "work")
+    dls = res.dataloaders(get_settings(), size=32, bs=8, path=tmp_path / "work")
     assert len(dls.train_ds) + len(dls.valid_ds) == len(res.items)
     assert list(dls.vocab) == ["bird", "cat", "dog"]
-    learn = models.learner(dls)
+    learn = models.learner(dls, get_settings().arch)
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(1)
     learn.export(tmp_path / "model.pkl")
@@ -183,15 +184,15 @@ def test_max_listed_shortens_the_text(bad_folder):
 
 def test_to_rgb_handles_every_mode():
     ramp = Image.fromarray(np.linspace(0, 65535, 256).astype(np.uint16).reshape(16, 16))
-    rgb = np.asarray(checker.to_rgb(ramp))
+    rgb = np.asarray(images.to_rgb(ramp))
     assert rgb.shape == (16, 16, 3) and rgb.min() == 0 and rgb.max() == 255  # stretched, not clipped
     clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
-    assert np.asarray(checker.to_rgb(clear)).min() == 255  # transparent -> white, not black
+    assert np.asarray(images.to_rgb(clear)).min() == 255  # transparent -> white, not black
     pal = Image.new("P", (4, 4), 0)
     pal.info["transparency"] = 0
-    assert checker.to_rgb(pal).mode == "RGB"
+    assert images.to_rgb(pal).mode == "RGB"
     for mode in ("L", "CMYK", "1", "F", "I", "LA"):
-        assert checker.to_rgb(Image.new(mode, (3, 3))).mode == "RGB", mode
+        assert images.to_rgb(Image.new(mode, (3, 3))).mode == "RGB", mode
 
 
 def test_load_image_turns_phone_photos_upright(tmp_path):
@@ -200,7 +201,7 @@ def test_load_image_turns_phone_photos_upright(tmp_path):
     exif[0x0112] = 6  # "rotate 90 degrees": how many phones store portrait photos
     img.save(tmp_path / "phone.jpg", exif=exif)
     before = (tmp_path / "phone.jpg").read_bytes()
-    loaded = checker.load_image(tmp_path / "phone.jpg")
+    loaded = images.load_image(tmp_path / "phone.jpg")
     assert loaded.size == (10, 30) and loaded.mode == "RGB"
     assert (tmp_path / "phone.jpg").read_bytes() == before
 
@@ -219,7 +220,7 @@ def test_single_class_is_a_clear_error(tmp_path):
     result = info.value.result
     assert not result.ok and "only one class" in result.summary()
     with pytest.raises(checker.FolderError):
-        result.dataloaders()
+        result.dataloaders(get_settings())
 
 
 def test_no_usable_images_is_a_clear_error(tmp_path):
@@ -326,7 +327,7 @@ def test_check_clean_copy(bad_folder, tmp_path, capsys):
     clean = tmp_path / "clean"
     for i, row in enumerate(res.items.itertuples()):
         (clean / row.label).mkdir(parents=True, exist_ok=True)
-        checker.load_image(bad_folder / row.fname).save(clean / row.label / f"{i:04d}.png")
+        images.load_image(bad_folder / row.fname).save(clean / row.label / f"{i:04d}.png")
     assert exercises.check_clean_copy(clean) is True
     assert exercises.check_clean_copy(str(clean)) is True
     assert exercises.check_clean_copy(res) is False

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pets_sample_counts_split_and_licence():
-    df = data.items("pet_breeds")
+    df = data.items("pet_breeds", get_settings())
     assert len(df) == 370 and df.label.nunique() == 37
     counts = df.groupby(["label", "split"]).size().unstack()
     assert (counts["train"] == 5).all() and (counts["valid"] == 2).all() and (counts["test"] == 3).all()
@@ -30,7 +30,7 @@ def test_pets_sample_counts_split_and_licence():
 
 
 def test_cats_dogs_has_balanced_valid_and_test_covering_every_breed():
-    df = data.items("cats_dogs")
+    df = data.items("cats_dogs", get_settings())
     counts = df.groupby(["split", "label"]).size().unstack()
     assert counts.loc["test", "cat"] == counts.loc["test", "dog"] == 36
     assert counts.loc["valid", "cat"] == counts.loc["valid", "dog"] == 24
@@ -61,7 +61,7 @@ def test_packaged_files_match_their_checksums():
 
 
 def test_subsample_never_includes_test_rows_and_repeats_with_a_seed():
-    df = data.items("cats_dogs")
+    df = data.items("cats_dogs", get_settings())
     small = data.subsample(df, 3, seed=0)
     assert (small.split != "test").all()
     assert small[small.split == "train"].groupby("label").size().tolist() == [3, 3]
@@ -76,18 +76,18 @@ def test_subsample_never_includes_test_rows_and_repeats_with_a_seed():
 
 def test_get_dls_reads_the_mode_and_keeps_the_test_split_out(fresh_cache):
     s = get_settings()
-    dls = data.get_dls("cats_dogs", per_class=4, seed=0)
+    dls = data.get_dls("cats_dogs", get_settings(), per_class=4, seed=0)
     assert len(dls.train_ds) == 8 and len(dls.valid_ds) == 48
     assert list(dls.vocab) == ["cat", "dog"] and dls.bs == data.batch_size(8, s) == 4
     xb, yb = dls.one_batch()
     assert tuple(xb.shape) == (4, 3, s.image_size, s.image_size)
     assert Path(dls.path) == s.cache_dir  # learners write to the cache, never into the package
-    assert set(data.test_rows("cats_dogs").split) == {"test"}
+    assert set(data.test_rows("cats_dogs", get_settings()).split) == {"test"}
 
 
 def test_unknown_data_set_names_the_choices():
     with pytest.raises(ValueError, match="cats_dogs, pet_breeds, fashion, pets"):
-        data.items("imagenet")
+        data.items("imagenet", get_settings())
 
 
 def test_a_built_wheel_carries_the_data_and_loads_it_offline(tmp_path):
@@ -100,8 +100,8 @@ def test_a_built_wheel_carries_the_data_and_loads_it_offline(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                     str(wheel)], check=True, capture_output=True)
-    probe = ("import json, tlcourse; from tlcourse import data; "
-             "print(json.dumps([tlcourse.__file__, len(data.items('pet_breeds')), "
+    probe = ("import json, tlcourse; from tlcourse import data, settings; "
+             "print(json.dumps([tlcourse.__file__, len(data.items('pet_breeds', settings.get_settings())), "
              "len(data.fashion_arrays()['test_y']), len(data.verify_packaged())]))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(target), "TLCOURSE_CACHE": str(tmp_path / "cache"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import socket
 import tarfile
 import threading
@@ -22,7 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlcourse import data, download
+from tlcourse import data, download, settings
+from tlcourse.settings import get_settings
 
 BREEDS = ("Abyssinian", "Bengal", "beagle", "pug")
 
@@ -188,13 +190,13 @@ def test_fetch_unpacks_the_pets_layout_and_reuses_it(env, server, small_pets):
 
 def test_course_data_functions_go_through_the_download(env, server, small_pets):
     assert download.pets_images(progress=False) == env / "fastai" / "data" / "oxford-iiit-pet" / "images"
-    df = data.items("pets")
+    df = data.items("pets", get_settings())
     assert set(df.label) == set(BREEDS) and len(df) == 12
 
 
 def test_prefetch_and_status(env, server, small_pets, capsys):
     before = download.status(["pets"])["pets"]
-    assert before.cached is False and before.partial == 0
+    assert before.cached is False
     assert str(before).startswith("missing") and "prefetch" in str(before)
     assert "missing" in download.status_text({"pets": before})
     got = download.prefetch(["pets"], progress=False)
@@ -209,9 +211,9 @@ def test_prefetch_and_status(env, server, small_pets, capsys):
 
 def test_default_names_follow_the_architecture(monkeypatch):
     monkeypatch.setenv("TLCOURSE_ARCH", "resnet34")
-    assert download.default_names() == ["pets", "resnet34"]
+    assert download.default_names(settings.full_arch()) == ["pets", "resnet34"]
     monkeypatch.setenv("TLCOURSE_ARCH", "tf_efficientnet_lite0")
-    assert download.default_names() == ["pets"]
+    assert download.default_names(settings.full_arch()) == ["pets"]
 
 
 def test_weights_land_where_torchvision_looks(env, server, monkeypatch):
@@ -228,25 +230,22 @@ def test_weights_land_where_torchvision_looks(env, server, monkeypatch):
 
 # --- failures: one short message, nothing under the real name ------------------------------------
 
-def test_interrupted_download_fails_clearly_then_resumes(env, server, small_pets):
+def test_interrupted_download_fails_clearly_then_starts_again(env, server, small_pets):
     server.mode = "cut"
     with pytest.raises(download.DownloadError, match="interrupted") as info:
         download.fetch("pets", progress=False, retries=1)
     assert_short(info.value)
+    assert "nothing of it was kept" in str(info.value)
     archive = env / "fastai" / "archive" / "oxford-iiit-pet.tgz"
-    assert not archive.exists() and not (env / "fastai" / "data" / "oxford-iiit-pet").exists()
-    part = archive.with_name(archive.name + ".part")
-    assert 0 < part.stat().st_size < len(TGZ)
-    assert len(server.requests) == 2  # one retry, which resumed
-    assert server.requests[1]["range"] == f"bytes={len(TGZ) // 2}-"
+    assert leftovers(env / "fastai") == ["archive"]  # no partial file, nothing unpacked
+    assert len(server.requests) == 2  # one retry, from the first byte
+    assert [r["range"] for r in server.requests] == [None, None]
     state = download.status(["pets"])["pets"]
-    assert state.partial == part.stat().st_size and "will resume" in str(state)
+    assert not state.cached and str(state).startswith("missing")
 
     server.mode = "ok"
-    kept = part.stat().st_size
     folder = download.fetch("pets", progress=False)
-    assert server.requests[-1]["range"] == f"bytes={kept}-"
-    assert archive.read_bytes() == TGZ and not part.exists()
+    assert archive.read_bytes() == TGZ
     assert (folder / "images" / "pug_1.jpg").is_file()
 
 
@@ -271,6 +270,22 @@ def test_real_checksums_reject_an_archive_that_is_not_the_real_one(env, server):
     with pytest.raises(download.DownloadError, match="corrupt or incomplete"):
         download.fetch("pets", progress=False)
     assert leftovers(env / "fastai") == ["archive"]
+
+
+def test_a_mirrors_own_checksums_replace_the_published_ones(env, server, monkeypatch):
+    listed = env / "checksums.json"
+    figures = {"size": len(TGZ), "md5_first_mib": hashlib.md5(TGZ[: 1 << 20]).hexdigest(),
+               "sha256": hashlib.sha256(TGZ).hexdigest()}
+    listed.write_text(json.dumps({download.PETS.filename: figures}))
+    monkeypatch.setenv("TLCOURSE_CHECKSUMS", str(listed))
+    assert download.resource("pets").size == len(TGZ)
+    assert (download.fetch("pets", progress=False) / "images").is_dir()
+    # the listed figures are checked as strictly as the published ones
+    listed.write_text(json.dumps({download.PETS.filename: dict(figures, size=len(TGZ) + 1)}))
+    server.files[download.PETS.filename] = TGZ
+    monkeypatch.setenv("TLCOURSE_DATA_DIR", str(env / "again"))
+    with pytest.raises(download.DownloadError, match="corrupt or incomplete"):
+        download.fetch("pets", progress=False)
 
 
 def test_archive_that_cannot_be_unpacked_is_deleted(env, server, monkeypatch):
@@ -384,7 +399,7 @@ def test_timm_weights_come_through_the_course_download(env, server, tiny_timm_we
     models.timm_kwargs(TINY_TIMM)
     assert len(server.requests) == n  # on disk and checked: no second download
     monkeypatch.setenv("TLCOURSE_ARCH", TINY_TIMM)
-    assert download.default_names() == ["pets", TINY_TIMM]
+    assert download.default_names(settings.full_arch()) == ["pets", TINY_TIMM]
 
 
 def test_failed_timm_download_is_one_short_message_within_seconds(env, monkeypatch):
@@ -473,4 +488,4 @@ def test_fetch_url_any_file(env, server, tmp_path):
     server.files["other.bin"] = bytes(5000)
     with pytest.raises(download.DownloadError, match="^Could not download other.bin: the download was"):
         download.fetch_url(server.url + "other.bin", other, progress=False, retries=0)
-    assert sorted(p.name for p in other.parent.iterdir()) == ["notes.bin", "other.bin.part"]
+    assert sorted(p.name for p in other.parent.iterdir()) == ["notes.bin"]  # nothing partial left

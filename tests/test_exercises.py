@@ -14,7 +14,7 @@ def test_placeholder_means_not_done(capsys):
 
 def test_batch_shape(capsys):
     s = get_settings()
-    bs = data.get_dls(seed=0).one_batch()[0].shape[0]
+    bs = data.get_dls(get_settings().dataset, get_settings(), seed=0).one_batch()[0].shape[0]
     assert exercises.check_batch_shape((bs, 3, s.image_size, s.image_size)) is True
     assert "Correct" in capsys.readouterr().out
     assert exercises.check_batch_shape((bs, s.image_size, s.image_size)) is False

@@ -2,13 +2,14 @@
 
 import pytest
 
-from tlcourse import experiments, exercises
+from tlcourse import experiments, exercises, models
 from tlcourse.exercises import lesson05
+from tlcourse.settings import get_settings
 
 
 @pytest.fixture(scope="module")
 def gap():
-    df = experiments.run_grid(lesson05.size_gap_runs(), progress=False)
+    df = experiments.run_grid(lesson05.size_gap_runs(), get_settings(), progress=False)
     means = df.groupby("strategy")["accuracy"].mean()
     return float(means["head-only"] - means["scratch"])
 
@@ -23,7 +24,7 @@ def test_new_size_gap(gap, capsys):
 
 
 def test_freeze_depth(capsys):
-    df = experiments.run_grid(lesson05.freeze_runs(), progress=False)
+    df = experiments.run_grid(lesson05.freeze_runs(), get_settings(), progress=False)
     mean = float(df["accuracy"].mean())
     assert exercises.check_freeze_depth({"predicted": 0.8, "measured": mean}) is True
     assert "groups frozen" in capsys.readouterr().out
@@ -38,7 +39,7 @@ def test_trainable_fraction():
     from tlcourse.settings import get_settings
 
     body = timm.create_model(get_settings().arch, pretrained=False, num_classes=0)
-    counts = [sum(p.numel() for p in g.parameters()) for g in experiments.body_groups(body)]
+    counts = [sum(p.numel() for p in g.parameters()) for g in models.body_groups(body)]
     right = sum(counts[3:]) / sum(counts)
     assert exercises.check_trainable_fraction(right) is True
     assert exercises.check_trainable_fraction(1 - right) is False

@@ -126,14 +126,14 @@ def _toy():
 
 
 def test_compare_and_winner_call_ties_ties(monkeypatch):
-    monkeypatch.setattr(experiments.data, "test_rows", lambda name, settings=None: pd.DataFrame(index=range(72)))
+    monkeypatch.setattr(experiments.data, "test_rows", lambda name, settings: pd.DataFrame(index=range(72)))
     df = _toy()
-    w = experiments.winner(df, "d", 2)
+    w = experiments.winner(df, "d", 2, get_settings())
     assert w["best"] == "fine-tune" and w["runner_up"] == "head-only" and w["decided"]
     assert w["margin_low"] > 0.2
-    tie = experiments.compare(df, "d", 2, "head-only", "scratch")
+    tie = experiments.compare(df, "d", 2, "head-only", "scratch", get_settings())
     assert tie["decided"]  # +10, +10, +7 points on every seed
     df.loc[(df.strategy == "scratch") & (df.seed == 1), "accuracy"] = 0.7
-    assert not experiments.compare(df, "d", 2, "head-only", "scratch")["decided"]
+    assert not experiments.compare(df, "d", 2, "head-only", "scratch", get_settings())["decided"]
     summary = experiments.summary(df)
     assert set(summary.columns) >= {"mean", "std", "low", "high", "seeds"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tlcourse import cli, download, models
+from tlcourse import cli, download, models, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
     ("resnet18d", "timm"), ("resnet18.a1_in1k", "timm"), ("convnext_tiny", "timm"),
     ("resnet50d.ra2_in1k", "timm"), ("tf_efficientnet_lite0", "offline")])
 def test_arch_names_go_to_the_library_that_has_them(arch, source):
-    assert models.arch_source(arch) == (source, arch)
+    assert settings.arch_source(arch) == (source, arch)
 
 
 def test_unknown_arch_name_suggests_close_ones():
     with pytest.raises(ValueError, match="Did you mean resnet18") as info:
-        models.arch_source("resnt18")
+        settings.arch_source("resnt18")
     assert "timm.list_models" in str(info.value)
 
 
@@ -49,7 +49,7 @@ def test_timm_names_build_timm_learners_without_attribute_errors(tmp_path):
 def test_converting_in_a_cache_that_cannot_be_written_names_the_folder(fresh_cache, monkeypatch):
     fresh_cache.mkdir(parents=True)
     (fresh_cache / "weights").write_text("a file where the weights folder should be")
-    with pytest.raises(download.CacheError) as info:
+    with pytest.raises(settings.CacheError) as info:
         models.weights_path()
     text = str(info.value)
     assert str(fresh_cache / "weights") in text and "TLCOURSE_CACHE" in text
@@ -60,7 +60,7 @@ def test_converting_in_a_cache_that_cannot_be_written_names_the_folder(fresh_cac
         raise PermissionError(13, "Permission denied", str(fresh_cache / "weights"))
 
     monkeypatch.setattr(models.tempfile, "mkstemp", denied)
-    with pytest.raises(download.CacheError, match="Permission denied"):
+    with pytest.raises(settings.CacheError, match="Permission denied"):
         models.weights_path()
 
 
@@ -76,12 +76,10 @@ def test_read_only_cache_with_good_weights_is_used_as_it_is(fresh_cache, monkeyp
 
 
 def test_cache_folder_that_cannot_be_created(tmp_path, monkeypatch, capsys):
-    from tlcourse import settings
-
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     monkeypatch.setenv("TLCOURSE_CACHE", str(blocker / "cache"))
-    with pytest.raises(download.CacheError, match="TLCOURSE_CACHE"):
+    with pytest.raises(settings.CacheError, match="TLCOURSE_CACHE"):
         settings.cache_dir()
     assert cli.main(["check"]) == 1  # reports it instead of crashing
     out = capsys.readouterr().out

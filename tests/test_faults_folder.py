@@ -22,7 +22,8 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from tlcourse import checker
+from tlcourse import checker, images
+from tlcourse.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,7 +104,7 @@ def test_no_validation_images_is_reported_and_the_lesson_line_copes(tmp_path):
     classes(tmp_path, {"cat": 1, "dog": 1})
     res = checker.check(tmp_path, min_per_class=1)
     assert res.by_kind("no_valid") and "accuracy cannot be measured" in res.summary()
-    dls = res.dataloaders(size=32, bs=2, path=tmp_path / "work", device="cpu")
+    dls = res.dataloaders(get_settings(), size=32, bs=2, path=tmp_path / "work", device="cpu")
     assert len(dls.valid_ds) == 0
     nb = json.loads((ROOT / "notebooks" / "06_your_own_data.ipynb").read_text())
     cell = next("".join(c["source"]) for c in nb["cells"]
@@ -141,10 +142,10 @@ def test_float_tiff_with_a_pixel_that_is_not_a_number(tmp_path, value):
     res = checker.check(tmp_path, min_per_class=1)
     assert res.left_out == ["cat/scan.tif"] and "cat/scan.tif" not in set(res.items.fname)
     assert "1 of 1600 pixels are NaN or infinite" in res.by_kind("bad_pixels")[0].detail
-    with pytest.raises(checker.ImageError, match="not numbers"):
-        checker.load_image(path)
+    with pytest.raises(images.ImageError, match="not numbers"):
+        images.load_image(path)
     fine = put(tmp_path, "cat/fine.tif", float_tiff(0.5))
-    assert np.asarray(checker.load_image(fine)).max() == 255  # stretched, as before
+    assert np.asarray(images.load_image(fine)).max() == 255  # stretched, as before
 
 
 def test_half_a_jpeg_is_caught_even_with_load_truncated_images(tmp_path, monkeypatch):
@@ -156,27 +157,27 @@ def test_half_a_jpeg_is_caught_even_with_load_truncated_images(tmp_path, monkeyp
     (issue,) = res.by_kind("unreadable")
     assert issue.path == "cat/half.jpg" and "truncated" in issue.detail
     assert "LOAD_TRUNCATED_IMAGES" in issue.detail
-    with pytest.raises(checker.ImageError, match="truncated"):
-        checker.load_image(half)
+    with pytest.raises(images.ImageError, match="truncated"):
+        images.load_image(half)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the user's setting is given back
 
 
 # --- 3. the check accepts only what loading can read -------------------------------------------
 
 def test_csv_with_absolute_paths_loads_what_the_check_accepted(tmp_path):
-    images = tmp_path / "images"
-    classes(images, {"cat": 2, "dog": 2})
+    photos = tmp_path / "images"
+    classes(photos, {"cat": 2, "dog": 2})
     elsewhere = put(tmp_path, "other/extra_cat.jpg", picture("cat", 77))
-    rows = [(str(images / "cat" / "cat_0.jpg"), "cat"), ("cat/cat_1.jpg", "cat"),
-            (str(images / "dog" / "dog_0.jpg"), "dog"), (str(images / "dog" / "dog_1.jpg"), "dog"),
+    rows = [(str(photos / "cat" / "cat_0.jpg"), "cat"), ("cat/cat_1.jpg", "cat"),
+            (str(photos / "dog" / "dog_0.jpg"), "dog"), (str(photos / "dog" / "dog_1.jpg"), "dog"),
             (str(elsewhere), "cat"), (str(tmp_path / "gone.jpg"), "dog")]
     csv = tmp_path / "labels.csv"
     pd.DataFrame(rows, columns=["fname", "label"]).to_csv(csv, index=False)
-    res = checker.check(csv, root=images, min_per_class=1)
+    res = checker.check(csv, root=photos, min_per_class=1)
     assert sorted(res.items.fname) == sorted(["cat/cat_0.jpg", "cat/cat_1.jpg", "dog/dog_0.jpg",
                                               "dog/dog_1.jpg", str(elsewhere)])
     assert [i.path for i in res.by_kind("missing")] == [str(tmp_path / "gone.jpg")]
-    dls = res.dataloaders(size=32, bs=2, path=tmp_path / "work", device="cpu")
+    dls = res.dataloaders(get_settings(), size=32, bs=2, path=tmp_path / "work", device="cpu")
     for ds in (dls.train_ds, dls.valid_ds):
         for i in range(len(ds)):
             assert ds[i][0].shape[:2] == (40, 40)  # every accepted file is read
@@ -191,9 +192,9 @@ def learner(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict") / "photos"
     classes(root, {"cat": 2, "dog": 2})
     res = checker.check(root, min_per_class=1)
-    dls = res.dataloaders(size=32, bs=2, path=root.parent / "work", device="cpu")
+    dls = res.dataloaders(get_settings(), size=32, bs=2, path=root.parent / "work", device="cpu")
     torch.manual_seed(0)
-    return models.learner(dls)
+    return models.learner(dls, get_settings().arch)
 
 
 def odd_images(folder: Path) -> dict[str, Path]:
@@ -221,22 +222,22 @@ def odd_images(folder: Path) -> dict[str, Path]:
 
 def test_load_image_is_the_same_for_every_input_type(tmp_path):
     for key, path in odd_images(tmp_path).items():
-        expected = np.asarray(checker.load_image(path))
+        expected = np.asarray(images.load_image(path))
         inputs = {"str": str(path), "bytes": path.read_bytes(), "memoryview": memoryview(path.read_bytes()),
                   "file": io.BytesIO(path.read_bytes()), "Image.open": Image.open(path)}
         if key in ("rgba", "16bit"):  # arrays carry no EXIF, palette or colour space
             inputs["numpy"] = np.asarray(Image.open(path))
         for kind, given in inputs.items():
-            got = np.asarray(checker.load_image(given))
+            got = np.asarray(images.load_image(given))
             assert got.shape == expected.shape and (got == expected).all(), (key, kind)
-    assert checker.load_image(tmp_path / "phone.jpg").size == (32, 64)  # upright
-    assert np.asarray(checker.load_image(tmp_path / "alpha.png"))[:, 30:].min() == 255  # on white
+    assert images.load_image(tmp_path / "phone.jpg").size == (32, 64)  # upright
+    assert np.asarray(images.load_image(tmp_path / "alpha.png"))[:, 30:].min() == 255  # on white
     tensor = torch.rand(3, 20, 30)
-    assert checker.load_image(tensor).size == (30, 20)
-    with pytest.raises(checker.ImageError, match="not numbers"):
-        checker.load_image(np.full((4, 4, 3), np.nan, dtype=np.float32))
+    assert images.load_image(tensor).size == (30, 20)
+    with pytest.raises(images.ImageError, match="not numbers"):
+        images.load_image(np.full((4, 4, 3), np.nan, dtype=np.float32))
     with pytest.raises(TypeError, match="file path, bytes"):
-        checker.load_image(42)
+        images.load_image(42)
 
 
 def test_predict_gives_the_same_answer_for_every_input_type(learner, tmp_path):
@@ -324,8 +325,8 @@ def test_batch_size_one_is_refused_with_the_reason(tmp_path):
     classes(tmp_path, {"cat": 3, "dog": 3})
     res = checker.check(tmp_path, min_per_class=1)
     with pytest.raises(ValueError, match="BatchNorm"):
-        res.dataloaders(size=32, bs=1, path=tmp_path / "work")
-    dls = res.dataloaders(size=32, bs=64, path=tmp_path / "work", device="cpu")
+        res.dataloaders(get_settings(), size=32, bs=1, path=tmp_path / "work")
+    dls = res.dataloaders(get_settings(), size=32, bs=64, path=tmp_path / "work", device="cpu")
     assert dls.train.bs == max(2, int((~res.items.is_valid).sum()) // 2)  # two steps an epoch, never 1
 
 
@@ -365,9 +366,9 @@ def test_one_folder_with_every_fault_one_report_training_works_nothing_changed(t
     assert res.classes == {"cat": 6, "dog": 2} and res.baseline()[0] == "cat"
 
     with pytest.raises(ValueError, match="BatchNorm"):
-        res.dataloaders(bs=1)
-    dls = res.dataloaders(size=32, bs=2, path=tmp_path / "work", device="cpu")
-    learn = models.learner(dls)
+        res.dataloaders(get_settings(), bs=1)
+    dls = res.dataloaders(get_settings(), size=32, bs=2, path=tmp_path / "work", device="cpu")
+    learn = models.learner(dls, get_settings().arch)
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(1)
     assert learn.validate()[1] is not None
@@ -378,6 +379,6 @@ def test_one_folder_with_every_fault_one_report_training_works_nothing_changed(t
 
     from_csv = checker.check(tmp_path / "absolute.csv", root=root, min_per_class=1)
     assert len(from_csv.items) == 8
-    csv_dls = from_csv.dataloaders(size=32, bs=2, path=tmp_path / "work", device="cpu")
+    csv_dls = from_csv.dataloaders(get_settings(), size=32, bs=2, path=tmp_path / "work", device="cpu")
     assert all(csv_dls.train_ds[i][0].size == (40, 40) for i in range(len(csv_dls.train_ds)))
     assert state(root) == before  # byte for byte, modification times included

@@ -14,6 +14,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from tlcourse import data, features, plots
+from tlcourse.settings import get_settings
 
 SIZE = 32  # image size for the cache tests: tiny on purpose
 CLASSES = ["cat", "dog"]
@@ -30,7 +31,7 @@ def one_thread():
 
 def _tiny_table(train: int = 3, held_out: int = 1) -> pd.DataFrame:
     """A few packaged cat and dog photos: ``train`` a class for training, ``held_out`` for valid and test."""
-    df = data.items("cats_dogs")
+    df = data.items("cats_dogs", get_settings())
     parts = [df[df.split == "train"].groupby("label").head(train)]
     parts += [df[df.split == split].groupby("label").head(held_out) for split in ("valid", "test")]
     out = pd.concat(parts).reset_index(drop=True)
@@ -231,8 +232,8 @@ def test_unwritable_cache_folder_gives_one_message_and_features_anyway(fresh_cac
 
 def test_dataset_features_uses_the_mode_settings_and_the_cache(fresh_cache, tiny, monkeypatch):
     monkeypatch.setattr(data, "items", lambda name, s: tiny)
-    first = features.dataset_features(pretrained=False, seed=0, progress=False)
-    again = features.dataset_features(pretrained=False, seed=0, progress=False)
+    first = features.dataset_features(get_settings(), pretrained=False, seed=0, progress=False)
+    again = features.dataset_features(get_settings(), pretrained=False, seed=0, progress=False)
     assert not first.from_cache and again.from_cache
     assert first.classes == CLASSES and first.train_x.shape == (6, 1280) and first.test_x.shape == (2, 1280)
 
@@ -348,13 +349,13 @@ def test_neighbour_agreement_is_high_for_clusters_and_near_chance_for_noise():
 @pytest.fixture(scope="module")
 def cats_dogs_runs(tmp_path_factory):
     """Lesson 02's comparison as the notebook runs it: 10 a class, seeds 0-2, test split, 128 px."""
-    s = features.get_settings()
+    s = get_settings()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TLCOURSE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        feats = {name: features.dataset_features(pretrained=pretrained, seed=0, name="cats_dogs",
+        feats = {name: features.dataset_features(get_settings(), pretrained=pretrained, seed=0, name="cats_dogs",
                                                  progress=False, verbose=False)
                  for name, pretrained in (("pretrained", True), ("random init", False))}
-    feats["raw pixels"] = features.pixel_features(data.items("cats_dogs"), size=32)
+    feats["raw pixels"] = features.pixel_features(data.items("cats_dogs", get_settings()), size=32)
     return feats, features.probe_curve(feats, [s.per_class], s.seeds, progress=False)
 
 
@@ -412,10 +413,10 @@ def test_benchmark_core_shows_cached_epochs_at_least_20_times_faster(tiny):
 
 def test_probe_benchmark_assembles_task_features_and_tabulates_seeds():
     bench = _benchmark_module("probe")
-    photos = data.items("pet_breeds")
+    photos = data.items("pet_breeds", get_settings())
     vectors = {f: torch.full((4,), float(i)) for i, f in enumerate(photos["fname"])}
     f = bench.task_features("cats_dogs", vectors)
-    table = data.items("cats_dogs")
+    table = data.items("cats_dogs", get_settings())
     assert f.classes == CLASSES and len(f.test_x) == (table.split == "test").sum() == 72
     first_test = table[table.split == "test"]["fname"].iloc[0]
     assert torch.equal(f.test_x[0], vectors[first_test])
@@ -423,7 +424,7 @@ def test_probe_benchmark_assembles_task_features_and_tabulates_seeds():
                             "seed": [100, 101, 102], "accuracy": [0.5, 0.6, 0.7]})
     row = bench.table(results).iloc[0]
     assert row["mean"] == 60.0 and row["std"] == 10.0 and row["seeds"] == 3
-    assert not set(bench.SEEDS) & set(features.get_settings().seeds), "benchmark seeds are held out"
+    assert not set(bench.SEEDS) & set(get_settings().seeds), "benchmark seeds are held out"
 
 
 # --- plots --------------------------------------------------------------------

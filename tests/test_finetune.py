@@ -18,7 +18,7 @@ from fastai.vision.all import ImageDataLoaders, Resize, load_learner, set_seed
 from matplotlib.figure import Figure
 from torch import nn
 
-from tlcourse import data, exercises, models, plots, training
+from tlcourse import data, exercises, models, plots, records, stats, training
 from tlcourse.settings import get_settings
 
 SIZE = 32
@@ -28,7 +28,7 @@ SIZE = 32
 def shapes_root(tmp_path_factory):
     """A tiny train/valid folder of real photos: 4 + 2 of each of five Pets breeds."""
     root = tmp_path_factory.mktemp("pets") / "pets"
-    df = data.items("pet_breeds")
+    df = data.items("pet_breeds", get_settings())
     for breed in sorted(df.label.unique())[:5]:
         files = df[df.label == breed].fname.tolist()
         for split, names in (("train", files[:4]), ("valid", files[4:6])):
@@ -51,7 +51,7 @@ def dls(shapes_root):
 
 def _learner(dls, tmp_path, **kwargs):
     set_seed(0, reproducible=True)
-    return models.learner(dls, path=tmp_path, **kwargs)
+    return models.learner(dls, get_settings().arch, path=tmp_path, **kwargs)
 
 
 def _norm_ids(model):
@@ -168,7 +168,7 @@ def test_optimiser_holds_the_claimed_rates(dls, tmp_path, lr):
 def test_rates_during_one_cycle_keep_the_claimed_ratios(dls, tmp_path):
     """fit_one_cycle scales every group's rate by the same schedule: ratios stay as claimed,
     and the peak rates are the claimed ones."""
-    spy = training.GroupLrs()
+    spy = records.GroupLrs()
     learn = _learner(dls, tmp_path, splitter=training.four_groups, cbs=spy)
     learn.unfreeze()
     with learn.no_bar(), learn.no_logging():
@@ -187,7 +187,7 @@ def test_rates_during_one_cycle_keep_the_claimed_ratios(dls, tmp_path):
     assert peaks.loc[0].to_numpy() == pytest.approx(claimed, rel=0.3)  # one batch lands near the peak
     assert np.allclose(table[table["fit"] == 1].drop(columns="fit").to_numpy().std(axis=1), 0)
     with pytest.raises(ValueError, match="train first"):
-        training.GroupLrs().peaks()
+        records.GroupLrs().peaks()
 
 
 # --- recipes --------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def test_fine_tune_written_out_is_fastais_fine_tune(shapes_root, tmp_path):
 def test_freeze_bn_stats_keeps_running_statistics(dls, tmp_path):
     """FreezeBNStats: BatchNorm running statistics do not move, frozen body or not."""
     for unfreeze in (False, True):
-        learn = _learner(dls, tmp_path, **training.RECIPE.learner_kwargs())
+        learn = _learner(dls, tmp_path, **models.RECIPE.learner_kwargs())
         if unfreeze:
             learn.unfreeze()
         bn = learn.model[0].model.bn1
@@ -233,17 +233,17 @@ def test_freeze_bn_stats_keeps_running_statistics(dls, tmp_path):
 
 
 def test_seed_helpers_and_verdicts():
-    runs = training.over_seeds({"a": lambda s: 0.9 + s / 100, "b": lambda s: 0.7 + s / 100}, [0, 1, 2],
+    runs = stats.over_seeds({"a": lambda s: 0.9 + s / 100, "b": lambda s: 0.7 + s / 100}, [0, 1, 2],
                                progress=False)
     assert list(runs["a"].index) == [0, 1, 2] and runs["a"][2] == pytest.approx(0.92)
-    table = training.spread_table(runs)
+    table = stats.spread_table(runs)
     assert table.loc["a", "mean"] == pytest.approx(91.0) and table.loc["b", "seeds"] == 3
-    assert training.verdict(runs["a"], runs["b"]) == "ahead"
-    assert training.verdict(runs["b"], runs["a"]) == "behind"
+    assert stats.verdict(runs["a"], runs["b"]) == "ahead"
+    assert stats.verdict(runs["b"], runs["a"]) == "behind"
     noisy = pd.Series([0.95, 0.70, 0.80])
-    assert training.verdict(noisy, runs["b"]) == "tie"
-    assert "not clearly different" in training.compare(noisy, runs["b"], "x", "y")
-    assert "on every seed" in training.compare(runs["a"], runs["b"], "a", "b")
+    assert stats.verdict(noisy, runs["b"]) == "tie"
+    assert "not clearly different" in stats.compare(noisy, runs["b"], "x", "y")
+    assert "on every seed" in stats.compare(runs["a"], runs["b"], "a", "b")
     assert isinstance(plots.plot_seed_comparison(runs, chance=0.5), Figure)
 
 
@@ -262,7 +262,7 @@ def test_gradual_unfreeze_runs_all_stages(dls, tmp_path):
     assert [h.epochs["stage"].iloc[0] for h in record] == ["head only", "freeze_to(-2)", "freeze_to(-3)",
                                                             "unfreeze"]
     assert all(p.requires_grad for p in learn.model.parameters())
-    joined = training.History.join(record)
+    joined = records.History.join(record)
     assert list(joined.epochs["epoch"]) == [1, 2, 3, 4]
 
 
@@ -316,7 +316,7 @@ def test_history_and_curve_plots(dls, tmp_path):
     learn = _learner(dls, tmp_path)
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(2, 1e-3)
-    h = training.History.of(learn, "head")
+    h = records.History.of(learn, "head")
     assert list(h.epochs.columns) == ["epoch", "stage", "train_loss", "valid_loss", "accuracy"]
     assert list(h.epochs["epoch"]) == [1, 2]
     assert len(h.batches) == 2 * len(dls.train)
@@ -333,7 +333,7 @@ def test_history_and_curve_plots(dls, tmp_path):
     with pytest.raises(ValueError, match="History or a fastai Learner"):
         plots.plot_training_curves(42)
     with pytest.raises(ValueError, match="at least one"):
-        training.History.join([])
+        records.History.join([])
 
 
 def _says(capsys, word):
@@ -405,11 +405,11 @@ def _test_accuracy(seed, fit, **kwargs):
     """Lessons 03-04's set-up for one seed: cats vs dogs at the mode's size, test accuracy."""
     s = get_settings()
     set_seed(seed, reproducible=True)
-    dls = data.get_dls(s.dataset, per_class=s.per_class, seed=seed)
-    learn = models.learner(dls, **kwargs)
+    dls = data.get_dls(s.dataset, s, per_class=s.per_class, seed=seed)
+    learn = models.learner(dls, s.arch, **kwargs)
     with learn.no_bar(), learn.no_logging():
         fit(learn)
-    return training.test_accuracy(learn, data.test_rows(s.dataset))
+    return models.test_accuracy(learn, data.test_rows(s.dataset, s))
 
 
 @pytest.fixture(scope="module")
@@ -419,14 +419,14 @@ def claims():
     s = get_settings()
     if s.mode != "quick":
         pytest.skip("the claims are measured in quick mode")
-    r = training.RECIPE
+    r = models.RECIPE
     head = lambda learn: learn.fit_one_cycle(s.epochs, r.head_lr)  # noqa: E731
     fine = lambda learn: learn.fine_tune(s.epochs, base_lr=r.base_lr, freeze_epochs=r.freeze_epochs,  # noqa: E731
                                          lr_mult=r.lr_mult)
     runs = {"default BN": lambda seed: _test_accuracy(seed, head),
             "head only": lambda seed: _test_accuracy(seed, head, **r.learner_kwargs()),
             "fine_tune": lambda seed: _test_accuracy(seed, fine, **r.learner_kwargs())}
-    found = training.over_seeds(runs, s.seeds, progress=False)
+    found = stats.over_seeds(runs, s.seeds, progress=False)
     print({k: list(v.round(3)) for k, v in found.items()})
     return found
 

@@ -12,7 +12,6 @@ empty cache, so each one goes through "downloaded on first use".
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,17 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rehearsal  # noqa: E402
 
-LESSON_05_TOO_SLOW = (
-    "05 passes at smoke scale but its grid (60 runs, Fashion-MNIST features over all 6,000 "
-    "training images) took 6.5 minutes here, more than the rehearsal's whole budget; "
-    "set TLCOURSE_REHEARSE_ALL=1 to run it")
-
 #: (notebook number, TLCOURSE_ARCH or None for full mode's default, expected failure or None)
-JOBS = [("04", None, None), ("03", None, None), ("00", None, None), ("02", None, None),
-        ("01", None, None), ("06", None, None),
-        ("03", "resnet34", None), ("04", "resnet34", None),
-        ("05", None, None)]
-ALL = os.environ.get("TLCOURSE_REHEARSE_ALL", "").strip() not in ("", "0")
+#: The longest first, so that the two slots finish at about the same time.
+JOBS = [("05", None, None), ("05", "resnet34", None), ("04", None, None), ("03", None, None), ("00", None, None),
+        ("02", None, None), ("01", None, None), ("06", None, None),
+        ("03", "resnet34", None), ("04", "resnet34", None)]
 
 
 def _job_id(job) -> str:
@@ -67,7 +60,7 @@ def results(tmp_path_factory):
     archs = [settings.FULL_ARCH] + sorted({arch for _, arch, _ in JOBS if arch})
     mirror = rehearsal.build_mirror(work / "mirror", archs)
     prefix = _network_cut_prefix()
-    jobs = [job for job in JOBS if job[0] != "05" or ALL]
+    jobs = list(JOBS)
 
     def run(job):
         number, arch, _ = job
@@ -94,8 +87,6 @@ def _params():
         marks = []
         if job[2]:
             marks.append(pytest.mark.xfail(reason=job[2], strict=True))
-        if job[0] == "05" and not ALL:
-            marks.append(pytest.mark.skip(reason=LESSON_05_TOO_SLOW))
         yield pytest.param(job, id=_job_id(job), marks=marks)
 
 

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 
-from tlcourse import activations, checker, data, exercises, models
+from tlcourse import activations, data, exercises, images, models
 from tlcourse.settings import get_settings
 
 CAT_CLASSES, DOG_CLASSES = range(281, 286), range(151, 269)
@@ -41,7 +41,7 @@ def random_net():
 
 @pytest.fixture(scope="module")
 def breeds_df():
-    return data.items("pet_breeds")
+    return data.items("pet_breeds", get_settings())
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def classes_named(breed: str, labels: list[str]) -> list[int]:
 def imagenet_topk(net, files, size: int, k: int) -> torch.Tensor:
     config = timm.data.resolve_data_config({"input_size": (3, size, size)}, model=net)
     transform = timm.data.create_transform(**config)
-    return net(torch.stack([transform(checker.load_image(f)) for f in files])).topk(k, dim=1).indices
+    return net(torch.stack([transform(images.load_image(f)) for f in files])).topk(k, dim=1).indices
 
 
 # --- 00_setup ------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def test_the_chosen_photos_get_a_cat_or_dog_class_in_the_top5(breeds_df, test_to
 def test_imagenet_names_more_dog_breeds_than_cat_breeds(breeds_df):
     """Measured: 2 of 12 cat breeds and 20 of 25 dog breeds are ImageNet classes by name."""
     labels = models.imagenet_labels()
-    species = data.items("cats_dogs").drop_duplicates("breed").set_index("breed")["label"]
+    species = data.items("cats_dogs", get_settings()).drop_duplicates("breed").set_index("breed")["label"]
     named = {b: bool(classes_named(b, labels)) for b in species.index}
     share = {s: sum(named[b] for b in species.index[species == s]) / (species == s).sum()
              for s in ("cat", "dog")}
@@ -109,7 +109,7 @@ def test_named_breeds_are_in_the_top5_of_their_test_photos(breeds_df, test_top5)
 
 @pytest.mark.parametrize("size, floor", [(224, 0.90), (128, 0.90)])  # measured 95.8 % and 97.2 %
 def test_the_imagenet_head_alone_tells_cats_from_dogs(net, test_top5, size, floor):
-    test = data.test_rows("cats_dogs")
+    test = data.test_rows("cats_dogs", get_settings())
     if size == 224:
         top1 = [test_top5[f][0] for f in test.fname]
     else:
@@ -121,7 +121,7 @@ def test_the_imagenet_head_alone_tells_cats_from_dogs(net, test_top5, size, floo
 
 def test_check_batch_shape_knows_the_real_batch_size(capsys):
     s = get_settings()
-    dls = data.get_dls(seed=0)
+    dls = data.get_dls(get_settings().dataset, get_settings(), seed=0)
     xb, _ = dls.one_batch()
     assert exercises.check_batch_shape(tuple(xb.shape)) is True
     n, c, h, w = xb.shape
@@ -134,7 +134,7 @@ def test_check_batch_shape_knows_the_real_batch_size(capsys):
 
 def test_check_breed_in_top5(net, breeds_df, capsys):
     test = breeds_df[(breeds_df.split == "test") & (breeds_df.breed == "Siamese")]
-    tops = [models.top_k(net, checker.load_image(Path(breeds_df.attrs["path"]) / f)) for f in test.fname]
+    tops = [models.top_k(net, images.load_image(Path(breeds_df.attrs["path"]) / f)) for f in test.fname]
     right = sum(any("siamese" in label.lower() for label, _ in top) for top in tops)
     assert exercises.check_breed_in_top5(right) is True
     assert exercises.check_breed_in_top5((right + 1) % 4) is False
@@ -160,7 +160,7 @@ def test_random_weights_describe_different_pets_alike(net, random_net, breeds_df
     """Measured on the five photos of 01: mean cosine similarity 0.21 pretrained, 0.99 random."""
     test = breeds_df[breeds_df.split == "test"].sort_values("fname")
     breeds = sorted(test.breed.unique())
-    photos = {b: checker.load_image(Path(breeds_df.attrs["path"]) / test[test.breed == b].iloc[0]["fname"])
+    photos = {b: images.load_image(Path(breeds_df.attrs["path"]) / test[test.breed == b].iloc[0]["fname"])
               for b in breeds[4::8]}
     mean_off = {}
     for title, model in (("pretrained", net), ("random", random_net)):
@@ -173,7 +173,7 @@ def test_random_channels_favour_bright_patches_and_the_same_photos(net, random_n
     """Measured (blocks.3, 111 photos): brightness 0.47 vs 0.67; photos picked 96 % vs 74 %."""
     sample = breeds_df[breeds_df.split == "train"].sort_values("fname").groupby("breed").head(3)
     folder = Path(breeds_df.attrs["path"])
-    batch = torch.cat([models.preprocess(net, checker.load_image(folder / f)) for f in sample.fname])
+    batch = torch.cat([models.preprocess(net, images.load_image(folder / f)) for f in sample.fname])
     found = {}
     for title, model in (("pretrained", net), ("random", random_net)):
         maps = activations.batch_activations(model, batch, "blocks.3")

@@ -6,6 +6,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from tlcourse import data, models
+from tlcourse.settings import get_settings
 
 
 def test_weights_are_converted_once_and_remade_when_corrupt(fresh_cache):
@@ -55,7 +56,7 @@ def test_learner_freezes_all_but_head_and_batchnorm(tmp_path):
 
     dls = ImageDataLoaders.from_folder(root, train="train", valid="valid",
                                        item_tfms=Resize(32), bs=4, num_workers=0)
-    learn = models.learner(dls)
+    learn = models.learner(dls, get_settings().arch)
     body, head = learn.model[0], learn.model[1]
     assert all(p.requires_grad for p in head.parameters())
     frozen = [(n, m) for n, m in body.named_modules() if list(m.parameters(recurse=False))]

@@ -20,6 +20,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
+from tlcourse import plots
+from tlcourse.models import preprocess
 
 ImageLike = Image.Image | torch.Tensor
 
@@ -100,8 +102,6 @@ def to_batch(model: torch.nn.Module, image: ImageLike) -> torch.Tensor:
     """A batch the model accepts: a PIL image is preprocessed as the model was trained
     (:func:`tlcourse.models.preprocess`); a tensor ``(3, H, W)`` gets a batch dimension."""
     if isinstance(image, Image.Image):
-        from tlcourse.models import preprocess
-
         return preprocess(model, image)
     if isinstance(image, torch.Tensor) and image.dim() in (3, 4):
         return image.unsqueeze(0) if image.dim() == 3 else image
@@ -326,8 +326,6 @@ def explore(model: torch.nn.Module, images: Mapping[str, ImageLike], layers: Seq
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
-
-    from tlcourse import plots
 
     if not images:
         raise ValueError("explore needs at least one image: pass a dict such as {'coffee': photo}.")

@@ -28,13 +28,11 @@ bytes from an upload widget, a numpy array, a Pillow or fastai image).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import html
 import io
 import os
 import textwrap
-import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,15 +47,15 @@ from fastai.vision.all import (
     DataBlock,
     DataLoaders,
     ImageBlock,
-    PILImage,
     Resize,
     aug_transforms,
 )
-import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image
 
-from tlcourse.data import batch_size
-from tlcourse.settings import Settings, get_settings
+from tlcourse.data import batch_size, pets_dir
+from tlcourse.images import ImagePath, load_image, not_finite, RGBImage, strict_decoding, truncation_hint
+from tlcourse.settings import Settings
+
 
 #: Extensions of image files and the Pillow formats their content may have.
 IMAGE_EXTENSIONS: dict[str, tuple[str, ...]] = {
@@ -311,24 +309,21 @@ class CheckResult:
         if fatal:
             raise FolderError(fatal[0].detail, result=self)
 
-    def datablock(self, size: int | None = None, augment: bool = False,
-                  settings: Settings | None = None) -> DataBlock:
+    def datablock(self, size: int, augment: bool = False) -> DataBlock:
         """The fastai ``DataBlock`` that :meth:`dataloaders` uses, for ``result.items``.
 
         Images are opened by :func:`load_image` (``RGBImage``), file names are joined to
         ``root`` exactly as the check joined them (:class:`ImagePath`), labels come from
         the ``label`` column and the split from ``is_valid``.
         """
-        size = size or (settings or get_settings()).image_size
         return DataBlock(
             blocks=(ImageBlock(cls=RGBImage), CategoryBlock),
             get_x=ImagePath(self.root), get_y=ColReader("label"),
             splitter=ColSplitter("is_valid"), item_tfms=Resize(size),
             batch_tfms=aug_transforms(size=size, min_scale=0.75) if augment else None)
 
-    def dataloaders(self, size: int | None = None, bs: int | None = None, augment: bool = False,
-                    path: str | Path | None = None, settings: Settings | None = None,
-                    **kwargs) -> DataLoaders:
+    def dataloaders(self, settings: Settings, size: int | None = None, bs: int | None = None,
+                    augment: bool = False, path: str | Path | None = None, **kwargs) -> DataLoaders:
         """fastai ``DataLoaders`` over the usable images only, loaded as RGB by :func:`load_image`.
 
         ``size`` and ``bs`` default to the mode's settings; ``bs`` shrinks to half the
@@ -337,7 +332,7 @@ class CheckResult:
         cache so that nothing is ever written into the user's folder.
         """
         self.raise_if_unusable()
-        s = settings or get_settings()
+        s = settings
         size, bs = size or s.image_size, bs or s.batch_size
         n_train = int((~self.items.is_valid).sum())
         if bs < 2:
@@ -353,217 +348,8 @@ class CheckResult:
         kwargs.setdefault("num_workers", s.num_workers)
         kwargs.setdefault("pin_memory", s.pin_memory)
         kwargs.setdefault("device", s.device)
-        return self.datablock(size, augment, s).dataloaders(
+        return self.datablock(size, augment).dataloaders(
             self.items, path=out, bs=batch_size(n_train, s, bs), **kwargs)
-
-
-# --- loading images ---------------------------------------------------------------------
-
-_STRICT_LOCK = threading.Lock()
-_STRICT_USERS = 0
-_USER_SETTING = False
-
-
-@contextlib.contextmanager
-def strict_decoding():
-    """Decode with Pillow's truncation check on, whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` says.
-
-    Many forum answers "fix" a broken photo with ``ImageFile.LOAD_TRUNCATED_IMAGES = True``,
-    which makes Pillow fill the missing part with grey and say nothing.  The course never
-    trains on such a half image: inside this block (re-entrant, shared by threads) the flag
-    is off, and the user's own setting is restored afterwards.
-    """
-    global _STRICT_USERS, _USER_SETTING
-    with _STRICT_LOCK:
-        if _STRICT_USERS == 0:
-            _USER_SETTING = ImageFile.LOAD_TRUNCATED_IMAGES
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-        _STRICT_USERS += 1
-    try:
-        yield
-    finally:
-        with _STRICT_LOCK:
-            _STRICT_USERS -= 1
-            if _STRICT_USERS == 0:
-                ImageFile.LOAD_TRUNCATED_IMAGES = _USER_SETTING
-
-
-def _truncation_hint() -> str:
-    user = _USER_SETTING if _STRICT_USERS else ImageFile.LOAD_TRUNCATED_IMAGES
-    return (" (ImageFile.LOAD_TRUNCATED_IMAGES = True, set in this session, would hide it and fill "
-            "the rest with grey)") if user else ""
-
-
-class ImageError(ValueError):
-    """An image that cannot be loaded faithfully; the message says why and what to do."""
-
-
-def _not_finite(arr: np.ndarray) -> int:
-    """How many values of a float array are NaN or infinite (0 for other dtypes)."""
-    return int((~np.isfinite(arr)).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
-
-
-def _stretch(arr: np.ndarray) -> np.ndarray:
-    """Map an array's own range (lowest to highest value) onto 0-255, as uint8."""
-    arr = arr.astype(np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    return ((arr - lo) / max(hi - lo, 1e-12) * 255).round().clip(0, 255).astype(np.uint8)
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """An RGB copy of ``im``, whatever its mode.
-
-    Transparent pixels are put on white (not black), 16-bit and float images are
-    stretched to 0-255 instead of being clipped to white, palettes are expanded.
-    A float image with NaN or infinite pixels raises :class:`ImageError` (it would
-    otherwise come out black).
-    """
-    if im.mode == "RGB":
-        return im.copy()
-    if im.mode in ("I", "F") or im.mode.startswith(("I;16", "F;")):
-        arr = np.asarray(im)
-        bad = _not_finite(arr)
-        if bad:
-            raise ImageError(f"{bad} of {arr.size} pixels are not numbers (NaN or infinite); the "
-                             "image would come out black. Fix those pixels in the program that made "
-                             "it (or save it again as an 8-bit PNG).")
-        return Image.fromarray(_stretch(arr)).convert("RGB")
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
-        im = im.convert("RGBA")
-        background = Image.new("RGB", im.size, (255, 255, 255))
-        background.paste(im, mask=im.getchannel("A"))
-        return background
-    return im.convert("RGB")
-
-
-def _from_array(arr: np.ndarray) -> Image.Image:
-    """A Pillow image from a numpy array (H x W, H x W x 1/3/4, or channels first), as RGB.
-
-    ``uint8`` is taken as it is; other integers and floats are stretched to 0-255 like
-    16-bit and float files, except float images already in 0-1 (scaled by 255).
-    """
-    arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # channels first (a tensor's layout) -> channels last
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        raise ImageError(f"a numpy array of shape {arr.shape} is not an image: give height x width "
-                         "(grey) or height x width x 3 (RGB) or x 4 (RGBA).")
-    bad = _not_finite(arr)
-    if bad:
-        raise ImageError(f"{bad} of {arr.size} values in the array are not numbers (NaN or "
-                         "infinite); the image would come out black. Replace them first, for "
-                         "example with np.nan_to_num(arr).")
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype != np.uint8:
-        alpha = None
-        if arr.ndim == 3 and arr.shape[-1] == 4:
-            arr, alpha = arr[..., :3], arr[..., 3]
-        if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0 and arr.max() <= 1:
-            colour = (arr * 255).round().astype(np.uint8)
-        else:
-            colour = _stretch(arr)
-        if alpha is not None:
-            a = alpha.astype(np.float64)
-            a = a if a.max() <= 1 else a / (65535 if a.max() > 255 else 255)
-            colour = np.dstack([colour, (a * 255).round().clip(0, 255).astype(np.uint8)])
-        arr = colour
-    return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
-
-
-def load_image(source) -> Image.Image:
-    """The course's one image loader: ``source`` as an upright RGB Pillow image, in memory.
-
-    ``source`` may be a file path, the file's bytes (what an upload widget gives), an
-    open binary file, a numpy array or tensor, or a Pillow image (``Image.open(...)``,
-    or fastai's ``PILImage``).  Whatever the form: the EXIF orientation is applied
-    (phone photos stand upright), transparency goes on white, 16-bit and float images
-    are stretched to 0-255, palettes and print colours become RGB, and a truncated file
-    or one with NaN/infinite pixels raises :class:`ImageError` (or ``OSError``) with the
-    reason, even when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set.  Files are only read.
-
-    Training (:meth:`CheckResult.dataloaders`), the check, feature extraction and
-    ``learn.predict`` all go through here, so an image is prepared the same way
-    everywhere.
-    """
-    if isinstance(source, Image.Image):
-        return _prepare(source)
-    if isinstance(source, (str, os.PathLike)):
-        with strict_decoding(), Image.open(source) as im:
-            return _prepare(im)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        source = io.BytesIO(bytes(source))
-    if hasattr(source, "read"):
-        with strict_decoding(), Image.open(source) as im:
-            return _prepare(im)
-    if hasattr(source, "detach") and hasattr(source, "numpy"):  # a torch tensor (channels first)
-        source = source.detach().cpu().numpy()
-    if isinstance(source, np.ndarray):
-        return _from_array(source)
-    raise TypeError(f"load_image takes a file path, bytes, a numpy array or a Pillow image, "
-                    f"not {type(source).__name__}.")
-
-
-def _prepare(im: Image.Image) -> Image.Image:
-    """Decode (strictly), turn upright by EXIF, convert to RGB; ``im`` itself is not changed."""
-    try:
-        with strict_decoding():
-            im.load()
-            im.im  # noqa: B018 - raises AssertionError when load() could not decode (see below)
-    except AssertionError:
-        # fastai's PILImage.create(Image.open(path)) swaps the class of a lazily opened file,
-        # so load() no longer knows its format: open the same file (or stream) again.
-        name, fp = getattr(im, "filename", ""), getattr(im, "fp", None)
-        if name and os.path.isfile(name):
-            with Image.open(name) as again:
-                return _prepare(again)
-        if fp is not None and hasattr(fp, "seek"):
-            fp.seek(0)
-            return _prepare(Image.open(fp))
-        raise ImageError("this Pillow image holds no pixels (its file was closed before it was "
-                         "loaded): pass the file's path or bytes instead.") from None
-    except OSError as err:
-        if "truncated" in str(err).lower():
-            raise ImageError("the image is truncated: the file stops before the image ends"
-                             f"{_truncation_hint()}. Use a complete copy of the file.") from None
-        raise
-    upright = ImageOps.exif_transpose(im)
-    return to_rgb(upright if upright is not None else im)
-
-
-class RGBImage(PILImage):
-    """fastai's ``PILImage``, created by :func:`load_image` from any input, so every mode
-    becomes proper RGB and ``learn.predict`` prepares an image exactly as training did."""
-
-    @classmethod
-    def create(cls, fn: Path | str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
-               | Image.Image | torch.Tensor, **kwargs):
-        # The annotation matters: fastai's predict() uses it to know which inputs it may
-        # hand straight to this function (anything else raises a bare AssertionError).
-        return cls(load_image(fn))
-
-
-class ImagePath:
-    """``get_x`` of the course's DataBlock: a row's ``fname`` joined to ``root`` (a Path).
-
-    The check opens ``root / fname`` with the same join, so a file it accepted is a file
-    training can read (absolute names in a CSV included).
-    """
-
-    __name__ = "ImagePath"  # fastai's Transform names (and pickles) a getter by it
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def __call__(self, row):  # no annotations: fastai's dispatch would read them as types
-        return self.root / row["fname"]
-
-    def __repr__(self) -> str:
-        return f"ImagePath({str(self.root)!r})"
 
 
 # --- looking at one file ------------------------------------------------------------------
@@ -630,7 +416,7 @@ def _look(path: Path) -> _Look:
             look.format, look.mode, look.size = im.format, im.mode, im.size
             im.load()  # decoding everything is what finds truncated files
             if im.mode == "F" or im.mode.startswith("F;"):
-                bad = _not_finite(np.asarray(im))
+                bad = not_finite(np.asarray(im))
                 if bad:
                     look.bad_pixels = (f"{bad} of {im.size[0] * im.size[1]} pixels are NaN or "
                                        "infinite: loaded, the image would be black. Fix those "
@@ -648,7 +434,7 @@ def _look(path: Path) -> _Look:
             look.error = f"not an image (the file holds {kind})"
     except Exception as err:  # truncated or damaged data: Pillow raises several types
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        look.error = (f"truncated: the file stops before the image ends{_truncation_hint()}; "
+        look.error = (f"truncated: the file stops before the image ends{truncation_hint()}; "
                       "use a complete copy" if "truncated" in message.lower()
                       else f"damaged ({message})")
     return look
@@ -1152,7 +938,7 @@ def fingerprint(folder: str | Path, times: bool = True) -> str:
 
 #: What the loading side of an exported model needs, said where loading fails without it.
 LOADING_NEEDS = ("This model was exported with the tlcourse course: it prepares images with "
-                 "tlcourse's loader (checker.load_image). Where you load it, run "
+                 "tlcourse's loader (images.load_image). Where you load it, run "
                  "`pip install tlcourse` (it brings fastai and timm too), then call "
                  "fastai's load_learner again.")
 
@@ -1234,7 +1020,7 @@ def export(learn, fname: str | Path = "export.pkl") -> Path:
 DEMO_CLASSES = ("cat", "dog")
 
 
-def make_demo_folder(root: str | Path | None = None, per_class: int = 24, seed: int = 0) -> Path:
+def make_demo_folder(root: str | Path, per_class: int = 24, seed: int = 0) -> Path:
     """A small folder of real photos salted with every kind of bad file, for lesson 06.
 
     Two classes of Oxford-IIIT Pet photos (the copies that ship with the course, see
@@ -1248,9 +1034,7 @@ def make_demo_folder(root: str | Path | None = None, per_class: int = 24, seed: 
     """
     import shutil
 
-    from tlcourse.data import pets_dir
-
-    root = Path(root) if root is not None else get_settings().cache_dir / "data" / "demo_folder"
+    root = Path(root)
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(seed)
     photos = sorted(pets_dir().glob("*.jpg"))

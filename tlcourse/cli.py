@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from tlcourse import notebooks, report
+from tlcourse.notebooks import notebook_files, write_student_copies
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 def _notebooks(folder: Path) -> list[Path]:
-    from tlcourse.notebooks import notebook_files
-
     found = notebook_files(folder)
     if not found:
         raise SystemExit(f"No notebooks (NN_topic.ipynb) found in {folder}; pass --notebooks DIR.")
@@ -40,8 +41,6 @@ def execute(path: Path, out_dir: Path, timeout: int = DEFAULT_TIMEOUT) -> dict:
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-
-    from tlcourse import report
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
@@ -80,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Execute every notebook in order and write executed copies plus a summary."""
     from tqdm.auto import tqdm
 
-    from tlcourse.settings import get_settings
+    from tlcourse.settings import get_settings  # torch and fastai: kept off the start of `tlcourse --help`
 
     if args.mode:
         os.environ["TLCOURSE_MODE"] = args.mode
@@ -105,8 +104,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_student(args: argparse.Namespace) -> int:
     """Write student copies: solutions removed, outputs cleared, the rest identical."""
-    from tlcourse.notebooks import write_student_copies
-
     written = write_student_copies(Path(args.notebooks), Path(args.out))
     print(f"Wrote {len(written)} student notebooks to {args.out}")
     return 0
@@ -115,8 +112,6 @@ def cmd_student(args: argparse.Namespace) -> int:
 def cmd_colab(args: argparse.Namespace) -> int:
     """Rewrite every notebook's Colab badge and setup cell from notebooks.REPOSITORY."""
     import nbformat
-
-    from tlcourse import notebooks
 
     stale = []
     for path in notebooks.notebook_files(Path(args.notebooks)):
@@ -148,10 +143,10 @@ def cache_contents(cache: Path) -> list[tuple[str, int, int]]:
 
 def _mode_needs(s) -> list[tuple[str, str]]:
     """(what, state) for everything the current mode uses: weights and data sets."""
-    from tlcourse import download, models
+    from tlcourse import download, models, settings  # torch and fastai: kept off the start of `tlcourse --help`
 
     rows = []
-    source, name = models.arch_source(s.arch)
+    source, name = settings.arch_source(s.arch)
     if source == "offline":
         converted = s.cache_dir / "weights" / models.WEIGHTS_NAME
         state = (f"ready     {converted}" if models._converted_ok(converted) else
@@ -175,18 +170,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     cached, and what full mode would download."""
     import torch
 
-    from tlcourse import download, settings
+    from tlcourse import download, settings  # torch and fastai: kept off the start of `tlcourse --help`
 
     settings.check_versions()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
     print(f"GPU: {gpu}")
     try:
         s = settings.get_settings()
-    except download.CacheError as err:
+    except settings.CacheError as err:
         print(f"cache: PROBLEM. {err}")
         return 1
     print(f"mode: {s.mode} ({s.reason}); data set: {s.dataset}; architecture: {s.arch}")
-    ok = download.writable(s.cache_dir)
+    ok = settings.writable(s.cache_dir)
     print(f"cache: {s.cache_dir}" + ("" if ok else " (NOT writable: results and features are not "
                                           "kept; set TLCOURSE_CACHE to a writable folder)"))
     code = 0 if ok else 1
@@ -206,7 +201,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("  (empty)")
     print("Downloads of full mode (`tlcourse prefetch` gets them now):")
     try:
-        for name, state in download.status().items():
+        for name, state in download.status(download.default_names(settings.full_arch())).items():
             print(f"  {name:<36} {state}")
             code = 1 if state.problem else code
     except ValueError as err:
@@ -217,10 +212,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
     """Download everything full mode needs, ahead of a workshop."""
-    from tlcourse import download
+    from tlcourse import download, settings  # torch and fastai: kept off the start of `tlcourse --help`
 
     try:
-        download.prefetch(args.what or None)
+        download.prefetch(args.what or download.default_names(settings.full_arch()))
     except (download.DownloadError, ValueError) as err:
         print(err, file=sys.stderr)
         return 1

@@ -38,8 +38,10 @@ from fastai.vision.all import (
     aug_transforms,
 )
 from PIL import Image
+from tlcourse import download
+from tlcourse.images import load_image
+from tlcourse.settings import Settings
 
-from tlcourse.settings import Settings, get_settings
 
 #: Data set name -> what it is.  ``cats_dogs``, ``pet_breeds`` and ``fashion`` ship with the package.
 DATASETS = {
@@ -149,7 +151,7 @@ def fashion(cache: Path) -> pd.DataFrame:
     return _finish(pd.DataFrame(rows), root)
 
 
-def full_pets(settings: Settings | None = None) -> pd.DataFrame:
+def full_pets(settings: Settings) -> pd.DataFrame:
     """The whole Oxford-IIIT Pet data set (full mode), downloaded on first use, labelled by breed.
 
     A seeded draw puts 20 % of the photos in the test split and 10 % in validation.
@@ -157,9 +159,7 @@ def full_pets(settings: Settings | None = None) -> pd.DataFrame:
     ``settings.resized_short_side``, made once by :func:`resized_copy`), so no lesson
     decodes the full-size JPEGs again every epoch.
     """
-    from tlcourse import download
-
-    s = settings or get_settings()
+    s = settings
     root = download.pets_images()
     files = sorted(p.name for p in root.iterdir() if p.suffix == ".jpg")
     draw = np.random.default_rng(42).random(len(files))
@@ -172,8 +172,6 @@ def full_pets(settings: Settings | None = None) -> pd.DataFrame:
 
 def _resize_one(source: Path, target: Path, short_side: int) -> None:
     """Write ``source`` as an RGB JPEG whose short side is at most ``short_side``, atomically."""
-    from tlcourse.checker import load_image
-
     with Image.open(source) as im:
         if im.format == "JPEG":
             im.draft("RGB", (short_side, short_side))  # decode at 1/2, 1/4 or 1/8 scale when that suffices
@@ -200,8 +198,6 @@ def resized_copy(root: Path, files: list[str], short_side: int, cache: Path, wor
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
-
-    from tlcourse import download
 
     listing = "\n".join(f"{f}:{(root / f).stat().st_size}" for f in files)
     digest = hashlib.sha256(listing.encode()).hexdigest()[:12]
@@ -239,19 +235,24 @@ def resized_copy(root: Path, files: list[str], short_side: int, cache: Path, wor
     return final
 
 
-def items(name: str | None = None, settings: Settings | None = None) -> pd.DataFrame:
-    """The table of data set ``name`` (default: the mode's main data set)."""
-    s = settings or get_settings()
-    name = name or s.dataset
+def items(name: str, settings: Settings) -> pd.DataFrame:
+    """The table of data set ``name`` (for example ``settings.dataset``, the mode's main one)."""
+    s = settings
     if name == "cats_dogs":
-        return pet_sample("species")
-    if name == "pet_breeds":
-        return pet_sample("breed")
-    if name == "fashion":
-        return fashion(s.cache_dir)
-    if name == "pets":
-        return full_pets(s)
-    raise ValueError(f"Unknown data set {name!r}: choose one of {', '.join(DATASETS)}.")
+        df = pet_sample("species")
+    elif name == "pet_breeds":
+        df = pet_sample("breed")
+    elif name == "fashion":
+        df = fashion(s.cache_dir)
+    elif name == "pets":
+        df = full_pets(s)
+    else:
+        raise ValueError(f"Unknown data set {name!r}: choose one of {', '.join(DATASETS)}.")
+    if s.max_per_class is None:
+        return df
+    cut = df.groupby(["split", "label"], sort=False).head(s.max_per_class).reset_index(drop=True)
+    cut.attrs = dict(df.attrs)
+    return cut
 
 
 # --- subsets and loaders -------------------------------------------------------------------
@@ -293,9 +294,8 @@ def datablock(path: str | Path, image_size: int, augment: bool = True) -> DataBl
                      batch_tfms=aug_transforms(size=image_size, min_scale=0.75) if augment else None)
 
 
-def get_dls(name: str | None = None, per_class: int | None = None, seed: int = 0,
-            augment: bool = True, settings: Settings | None = None, image_size: int | None = None,
-            **kwargs) -> DataLoaders:
+def get_dls(name: str, settings: Settings, per_class: int | None = None, seed: int = 0,
+            augment: bool = True, image_size: int | None = None, **kwargs) -> DataLoaders:
     """fastai ``DataLoaders`` for the training and validation rows of data set ``name``.
 
     ``per_class`` limits the training images a class (default: the mode's); the test
@@ -306,7 +306,7 @@ def get_dls(name: str | None = None, per_class: int | None = None, seed: int = 0
     ``pin_memory``: several workers in full mode, none in quick mode; see
     :func:`tlcourse.settings.loader_plan` for the reasons).
     """
-    s = settings or get_settings()
+    s = settings
     df = subsample(items(name, s), per_class if per_class is not None else s.per_class, seed)
     size = image_size or s.image_size
     return datablock(df.attrs["path"], size, augment).dataloaders(
@@ -314,7 +314,7 @@ def get_dls(name: str | None = None, per_class: int | None = None, seed: int = 0
         **{"device": s.device, "num_workers": s.num_workers, "pin_memory": s.pin_memory, **kwargs})
 
 
-def test_rows(name: str | None = None, settings: Settings | None = None) -> pd.DataFrame:
+def test_rows(name: str, settings: Settings) -> pd.DataFrame:
     """The test rows of data set ``name``: what every result of the course is reported on."""
     df = items(name, settings)
     return df[df.split == "test"]

@@ -6,11 +6,14 @@ for the ResNets fastai knows (``resnet34``), timm's from the Hugging Face hub fo
 timm name (``resnet18d``, ``resnet18.a1_in1k``, ``convnext_tiny``).  Workshop Wi-Fi
 drops, proxies block, laptops sleep.  Here:
 
-* every download goes to ``<name>.part`` first and is resumed from where it stopped
-  (HTTP ``Range``) on the next attempt; only a file whose size and checksum match
-  the published ones is renamed (atomically) to its real name;
-* a ``.tgz`` is read to the end of its gzip stream (whose CRC covers every byte)
-  before it is kept, and unpacked into a temporary folder renamed when complete;
+* the transfer is fastdownload's ``download_url`` (the file fastai's ``untar_data`` uses),
+  given a timeout; a dropped connection starts again a few times, and a failed transfer
+  leaves nothing behind;
+* only a file whose size and checksums match the published ones (fastai's size and MD5 of
+  the first MiB, torchvision's SHA-256 prefix) is renamed, atomically, to its real name;
+  a ``.tgz`` is read to the end of its gzip stream first (its CRC covers every byte, where
+  fastai's check covers the first MiB), then unpacked next to its destination and renamed
+  into place;
 * a file already on disk is checked too: a corrupt one is never "cached", and the
   message names the file to delete;
 * anything that goes wrong ends in one :class:`DownloadError` that says what
@@ -20,11 +23,16 @@ drops, proxies block, laptops sleep.  Here:
 Files go where fastai and torchvision look for them (``~/.fastai/archive``,
 ``~/.fastai/data``, ``$TORCH_HOME/hub/checkpoints``), so a copy either library
 already downloaded is reused (for timm weights, a copy in the Hugging Face cache too).
-timm weights are fetched here, not by the hub client, so a failure takes seconds and
-ends in the same one-line :class:`DownloadError`; ``HF_ENDPOINT`` is honoured and
+Why not fastdownload's ``FastDownload.get`` or ``torch.hub.load_state_dict_from_url``
+whole: neither takes a timeout (a silent server would hang a notebook for good), and
+``get`` unpacks before any check of the whole archive.  The pieces they are made of are used
+instead: ``download_url`` for the transfer, ``filelock`` for the lock.  timm weights are
+fetched here, not by the hub client, so a failure takes seconds and ends in the same
+one-line :class:`DownloadError`; ``HF_ENDPOINT`` is honoured and
 ``HF_HUB_OFFLINE=1`` means "use cached copies only".  Environment variables for tests and mirrors:
 ``TLCOURSE_DATA_URL`` (base URL of data sets), ``TLCOURSE_WEIGHTS_URL`` (base URL
-of weights), ``TLCOURSE_DATA_DIR`` (folder for archives and data instead of fastai's).
+of weights), ``TLCOURSE_DATA_DIR`` (folder for archives and data instead of fastai's),
+``TLCOURSE_CHECKSUMS`` (a mirror's own checksums, see :func:`resource`).
 """
 
 from __future__ import annotations
@@ -47,19 +55,15 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-try:
-    import fcntl
-except ImportError:  # Windows: no lock, downloads still work
-    fcntl = None
-
 from fastai.data.external import URLs, fastai_path
+from fastdownload import download_url
+from filelock import FileLock
 
-from tlcourse import __version__
-from tlcourse.settings import get_settings
+from tlcourse.settings import arch_source
 
 HOW_TO_GO_ON = ("To go on: work offline with TLCOURSE_MODE=quick (set it, then restart the "
                 "kernel), or run `tlcourse prefetch` on a good connection and try again.")
@@ -78,34 +82,6 @@ class DownloadError(RuntimeError):
 
     def _render_traceback_(self) -> list[str]:
         return [f"{type(self).__name__}: {self}"]
-
-
-class CacheError(OSError):
-    """A cache folder the course cannot write to; ``str()`` names it and what to do."""
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {self}"]
-
-
-def cache_error(folder: Path, err: BaseException | None = None) -> CacheError:
-    """The one message for an unwritable course cache: the folder, why, and ``TLCOURSE_CACHE``."""
-    why = (getattr(err, "strerror", None) or str(err) or type(err).__name__) if err else "read only"
-    source = ("set by TLCOURSE_CACHE" if os.environ.get("TLCOURSE_CACHE")
-              else "the default; TLCOURSE_CACHE is not set")
-    return CacheError(f"The course cache {folder} ({source}) cannot be written ({why}). "
-                      "Set TLCOURSE_CACHE to a folder you can write to, for example "
-                      "os.environ['TLCOURSE_CACHE'] = '/tmp/tlcourse' in the first cell or "
-                      "`export TLCOURSE_CACHE=~/tlcourse-cache` in the shell, and restart the kernel.")
-
-
-def writable(folder: Path) -> bool:
-    """True when files can be created in ``folder`` (created if missing)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -184,9 +160,7 @@ def timm_resource(arch: str) -> Resource:
 
 
 def weights_resource(arch: str) -> Resource:
-    """The ImageNet weights of ``arch``, from wherever :func:`tlcourse.models.arch_source` says."""
-    from tlcourse.models import arch_source
-
+    """The ImageNet weights of ``arch``, from wherever :func:`tlcourse.settings.arch_source` says."""
     source, name = arch_source(arch)
     if source == "torchvision":
         return torchvision_resource(name)
@@ -197,10 +171,20 @@ def weights_resource(arch: str) -> Resource:
 
 
 def resource(name: str) -> Resource:
-    """The :class:`Resource` called ``name``: a data set (``pets``) or an architecture's weights."""
-    if name in DATASETS:
-        return DATASETS[name]
-    return weights_resource(name)
+    """The :class:`Resource` called ``name``: a data set (``pets``) or an architecture's weights.
+
+    ``TLCOURSE_CHECKSUMS`` may name a JSON file of ``{file name: {"size", "md5_first_mib",
+    "sha256"}}``: the expected figures of a mirror's own copies (a dress rehearsal, a
+    workshop's local server), used in place of the published ones for the files it lists.
+    """
+    res = DATASETS[name] if name in DATASETS else weights_resource(name)
+    listed = os.environ.get("TLCOURSE_CHECKSUMS")
+    known = json.loads(Path(listed).read_text()).get(res.filename) if listed else None
+    if known is None:
+        return res
+    return replace(res, size=known["size"],
+                   md5_first_mib=known["md5_first_mib"] if res.md5_first_mib else None,
+                   sha256_prefix=known["sha256"] if res.sha256_prefix else None)
 
 
 # --- where files go -------------------------------------------------------------------------
@@ -336,69 +320,25 @@ def _verify(res: Resource, path: Path, size: int) -> str | None:
 
 # --- the transfer ---------------------------------------------------------------------------
 
-class _Interrupted(Exception):
-    """The body stopped before its end; what arrived is kept in the ``.part`` file."""
-
-
 def _mb(n: int | None) -> str:
     return "?" if n is None else f"{n / 1e6:,.1f} MB"
 
 
-def _transfer(url: str, part: Path, expected: int | None, timeout: float, progress: bool,
-              desc: str) -> None:
-    """Fetch ``url`` into ``part``, resuming what is already there when the server allows it."""
-    from tqdm.auto import tqdm
-
-    start = part.stat().st_size if part.exists() else 0
-    if expected is not None and start > expected:
-        part.unlink()
-        start = 0
-    if expected is not None and start == expected:
-        return
-    headers = {"User-Agent": f"tlcourse/{__version__}"}
-    if start:
-        headers["Range"] = f"bytes={start}-"
-    request = urllib.request.Request(url, headers=headers)
+def _transfer(url: str, dest: Path, timeout: float, progress: bool) -> None:
+    """fastdownload's ``download_url`` (``<dest>.part``, renamed when the body is complete),
+    with a timeout; a failed transfer leaves nothing behind."""
+    part = dest.with_name(dest.name + ".part")
     try:
-        # A fresh opener reads HTTP(S)_PROXY / NO_PROXY now, not when urllib was first used.
-        response = urllib.request.build_opener().open(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and start:  # our .part is not a prefix the server knows: start over
-            part.unlink()
-            return _transfer(url, part, expected, timeout, progress, desc)
+        download_url(url, dest, timeout=timeout, show_progress=progress)
+    except NameError as err:
+        part.unlink(missing_ok=True)
+        if "ContentTooShortError" not in str(err):
+            raise
+        # fastcore.net (2.2) raises this error for a body cut short without importing it
+        raise urllib.error.ContentTooShortError("the connection closed before the end", None) from None
+    except BaseException:
+        part.unlink(missing_ok=True)
         raise
-    except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
-        raise urllib.error.URLError(err) from None  # no answer at all: not worth retrying
-    with response:
-        content_range = response.headers.get("Content-Range", "")
-        resumed = start > 0 and response.status == 206 and content_range.startswith(f"bytes {start}-")
-        if start > 0 and response.status == 206 and not resumed:  # a range we did not ask for: start over
-            part.unlink(missing_ok=True)
-            response.close()
-            return _transfer(url, part, expected, timeout, progress, desc)
-        if not resumed:
-            start = 0
-        length = response.headers.get("Content-Length")
-        length = int(length) if length is not None else None
-        total = start + length if length is not None else expected
-        received = 0
-        with open(part, "ab" if resumed else "wb") as f, tqdm(
-                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=desc, disable=not progress, leave=False) as bar:
-            while True:
-                try:
-                    chunk = response.read(1 << 20)
-                except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
-                    raise _Interrupted(f"the download was interrupted after {_mb(start + received)} "
-                                       f"of {_mb(total)} ({type(err).__name__})") from None
-                if not chunk:
-                    break
-                f.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-        if length is not None and received < length:
-            raise _Interrupted(f"the download was interrupted: the connection closed after "
-                               f"{_mb(start + received)} of {_mb(total)}")
 
 
 def _proxy_for(url: str) -> str | None:
@@ -413,8 +353,8 @@ def _reason(err: BaseException, url: str) -> str:
     """The cause of a failed transfer, in words a learner can act on."""
     host = urlsplit(url).hostname or url
     proxy = _proxy_for(url)
-    if isinstance(err, _Interrupted):
-        return f"{err}; the part received is kept and the next attempt resumes it"
+    if isinstance(err, (urllib.error.ContentTooShortError, http.client.IncompleteRead, ConnectionResetError)):
+        return f"the download was interrupted ({type(err).__name__}); nothing of it was kept"
     if isinstance(err, urllib.error.HTTPError):
         if err.code == 407:
             return f"the proxy {proxy or ''} asks for a login (HTTP 407): check HTTPS_PROXY"
@@ -449,37 +389,38 @@ RETRY_DELAY = 1.0
 
 def _download(res: Resource, url: str, target: Path, timeout: float, retries: int,
               progress: bool) -> Path:
-    """Get ``res`` into ``target``, verified, or raise :class:`DownloadError`."""
-    part = target.with_name(target.name + ".part")
+    """Get ``res`` into ``target``, verified, or raise :class:`DownloadError`.
+
+    The transfer goes to a temporary name first; only a file that passes :func:`verify`
+    is renamed to ``target``.  An interrupted transfer (the connection dropped) starts
+    again, up to ``retries`` times.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     if res.size is not None:
-        have = shutil.disk_usage(target.parent).free + (part.stat().st_size if part.exists() else 0)
-        need = res.size * (2.2 if res.kind == "dataset" else 1.05)
+        have, need = shutil.disk_usage(target.parent).free, res.size * (2.2 if res.kind == "dataset" else 1.05)
         if have < need:
             raise DownloadError(res.what, f"the disk has {_mb(have)} free and this needs "
                                 f"about {_mb(int(need))} (the archive plus its unpacked copy)")
-    attempt = 0
-    while True:
+    arrived = target.with_name(f"{target.name}.{os.getpid()}.download")
+    for attempt in range(retries + 1):
         try:
-            _transfer(url, part, res.size, timeout, progress, res.filename)
+            _transfer(url, arrived, timeout, progress)
             break
-        except _Interrupted as err:
-            if attempt >= retries:
+        except (urllib.error.ContentTooShortError, ConnectionResetError, http.client.IncompleteRead) as err:
+            if attempt == retries:
                 raise DownloadError(res.what, _reason(err, url)) from None
-            attempt += 1
             time.sleep(min(2.0 ** attempt, 10.0) * RETRY_DELAY)
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
             raise DownloadError(res.what, _reason(err, url)) from None
-    problem = verify(res, part)
+    problem = verify(res, arrived)
     if problem:
-        part.unlink(missing_ok=True)
+        arrived.unlink(missing_ok=True)
         raise DownloadError(res.what, f"the file that arrived is corrupt or incomplete "
                             f"({problem}); it was deleted")
     if res.sha256_prefix is None and res.kind == "weights":  # no published checksum: record one
-        _sidecar(target).write_text(sha256_file(part))
-    os.replace(part, target)
+        _sidecar(target).write_text(sha256_file(arrived))
+    os.replace(arrived, target)
     return target
-
 
 
 def _extract(res: Resource, archive: Path) -> Path:
@@ -507,25 +448,11 @@ def _extract(res: Resource, archive: Path) -> Path:
     return dest
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (so two processes never write the same file at once).
-
-    ``flock`` locks belong to the open file, so two threads of one process exclude each
-    other too.  Raises ``OSError`` (``PermissionError``) when the lock file cannot be made.
-    """
+def locked(path: Path) -> FileLock:
+    """An exclusive lock on ``path`` (``filelock``): two processes, or two threads, never
+    write the same file at once.  Raises ``OSError`` when the lock file cannot be made."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        if fcntl:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-
-_locked = locked  # the old name
+    return FileLock(str(path))
 
 
 def _hub_offline() -> bool:
@@ -568,7 +495,7 @@ def fetch(name: str, *, base_url: str | None = None, timeout: float = 30.0, retr
     ``"resnet34"`` (the weights file, in the folder where torchvision looks for it) or a
     timm name such as ``"resnet18.a1_in1k"``.  A weights file already on disk is checked
     first; a damaged one raises :class:`DownloadError` naming the file to delete.
-    Interrupted transfers are resumed up to ``retries`` times.  Raises
+    Interrupted transfers start again up to ``retries`` times.  Raises
     :class:`DownloadError` with a short message when the file cannot be had; nothing
     half-downloaded is ever left under the real name.
     """
@@ -607,7 +534,7 @@ def fetch(name: str, *, base_url: str | None = None, timeout: float = 30.0, retr
 def fetch_url(url: str, dest: str | Path, *, size: int | None = None, md5_first_mib: str | None = None,
               sha256_prefix: str | None = None, timeout: float = 30.0, retries: int = 3,
               progress: bool = True) -> Path:
-    """Download any ``url`` to ``dest`` the same careful way (resumable, checked, atomic).
+    """Download any ``url`` to ``dest`` the same careful way (checked, atomic, retried).
 
     Give ``size`` and/or a checksum when you know them; without them a complete
     transfer (every byte the server announced, and a whole gzip stream for ``.gz`` and
@@ -638,27 +565,25 @@ def pets_images(**kwargs) -> Path:
 
 # --- what the CLI wires --------------------------------------------------------------------
 
-def default_names() -> list[str]:
-    """What full mode downloads: the Pets data set, plus the architecture's weights unless
-    they ship with the course (torchvision ResNets and timm names are downloaded)."""
-    from tlcourse.models import arch_source
-
+def default_names(arch: str) -> list[str]:
+    """What full mode downloads with architecture ``arch`` (``settings.arch``): the Pets data
+    set, plus the weights unless they ship with the course (torchvision and timm weights are
+    downloaded)."""
     names = ["pets"]
-    arch = os.environ.get("TLCOURSE_ARCH") or get_settings().arch
     if arch_source(arch)[0] != "offline":
         names.append(arch)
     return names
 
 
-def prefetch(names: list[str] | None = None, *, base_url: str | None = None, timeout: float = 30.0,
+def prefetch(names: list[str], *, base_url: str | None = None, timeout: float = 30.0,
              retries: int = 3, progress: bool = True, quiet: bool = False) -> dict[str, Path]:
-    """Download everything full mode needs (or ``names``), ahead of time; return name -> path.
+    """Download ``names`` (``default_names(settings.arch)``: what full mode needs) ahead of
+    time; return name -> path.
 
     Meant for ``tlcourse prefetch`` on a good connection before a workshop.  Each
     item prints one line; the first failure (a damaged copy on disk included) raises
     :class:`DownloadError`.
     """
-    names = names or default_names()
     done: dict[str, Path] = {}
     for name in names:
         cached = existing(resource(name)) is not None
@@ -679,7 +604,6 @@ class Status:
     path: str  # where it is, or will be
     url: str
     size: int | None  # bytes, when known
-    partial: int  # bytes of an interrupted download waiting to be resumed
     problem: str | None = None  # what is wrong with the copy on disk (then ``cached`` is False)
 
     def __str__(self) -> str:
@@ -688,29 +612,26 @@ class Status:
         if self.cached:
             return f"cached    {self.path}"
         size = f", {_mb(self.size)}" if self.size else ""
-        resume = f"; {_mb(self.partial)} already downloaded, will resume" if self.partial else ""
-        return f"missing   {self.description}{size}{resume} (`tlcourse prefetch` gets it)"
+        return f"missing   {self.description}{size} (`tlcourse prefetch` gets it)"
 
 
-def status(names: list[str] | None = None) -> dict[str, Status]:
-    """What is on this machine, damaged or missing, by name (for ``tlcourse check``); downloads
-    nothing.  Weights files on disk are checked (once per process), not only found."""
+def status(names: list[str]) -> dict[str, Status]:
+    """Whether each of ``names`` is on this machine, damaged or missing (for ``tlcourse check``);
+    downloads nothing.  Weights files on disk are checked (once per process), not only found."""
     found = {}
-    for name in names or default_names():
+    for name in names:
         res = resource(name)
-        part = target_of(res).with_name(res.filename + ".part")
         where = existing(res)
         problem = verify(res, where) if where is not None and res.kind == "weights" else None
         found[name] = Status(name=name, description=res.description,
                              cached=where is not None and problem is None,
                              path=str(where or ready_path(res)), url=url_of(res), size=res.size,
-                             partial=part.stat().st_size if part.exists() else 0, problem=problem)
+                             problem=problem)
     return found
 
 
-def status_text(found: dict[str, Status] | None = None) -> str:
+def status_text(found: dict[str, Status]) -> str:
     """:func:`status` as a few readable lines, one per resource."""
-    found = status() if found is None else found
     lines = [f"{name:<10} {state}" for name, state in found.items()]
     if any(not state.cached for state in found.values()):
         lines.append("Missing files are downloaded on first use in full mode; "

@@ -7,7 +7,7 @@ test split.  The strategies:
 * ``head-only``: the frozen ImageNet body and a new linear head, trained on the body's
   *cached* features (lesson 02's linear probe): a fraction of a second a run.
 * ``fine-tune``: fastai's ``fine_tune`` with the course's one recipe
-  (:data:`tlcourse.training.RECIPE`) on the packaged photos, through the network.
+  (:data:`tlcourse.models.RECIPE`) on the packaged photos, through the network.
 * ``freeze``: ``fine_tune``'s recipe, except that the first ``k`` layer groups of the
   body stay frozen after the first epoch (``learn.freeze_to(k)``); ``k = 0`` is
   ``fine-tune``, ``k`` = every group trains only fastai's head.
@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -40,24 +39,21 @@ import numpy as np
 import pandas as pd
 import torch
 from fastai.vision.all import (
-    L,
     Callback,
-    CancelValidException,
     ConvLayer,
     CrossEntropyLossFlat,
     DataLoaders,
     Flatten,
     Learner,
-    Recorder,
     accuracy,
-    params,
     set_seed,
 )
 from torch import nn
 from tqdm.auto import tqdm
 
-from tlcourse import data, features, models, training
-from tlcourse.settings import Settings, get_settings
+from tlcourse import data, features, models, records, stats
+from tlcourse.images import load_image
+from tlcourse.settings import Settings
 
 STRATEGIES = ("scratch", "head-only", "fine-tune", "freeze")
 #: Bump when what a run computes changes; old results are then trained again.
@@ -102,58 +98,6 @@ class ProbeRecipe:
 
 SCRATCH = ScratchRecipe()
 PROBE = ProbeRecipe()
-
-
-# --- layer groups (also used by training.split_body) ---------------------------------
-
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm))
-
-
-def named_body_groups(body: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The body of a network cut into named layer groups, from the input side.
-
-    A group is a stage the architecture itself defines: for EfficientNet the stem
-    (first convolution and its BatchNorm), each of the 7 stages in ``blocks`` and the
-    last 1x1 convolution with its BatchNorm (9 groups); for a ResNet the stem and
-    ``layer1`` to ``layer4``.  A BatchNorm child joins the group before it and
-    children without weights (activations, pooling) are skipped.
-    """
-    inner = getattr(body, "model", body)  # fastai wraps timm models in a TimmBody
-    groups: list[tuple[list[str], list[nn.Module]]] = []
-    for name, child in inner.named_children():
-        if not any(True for _ in child.parameters()):
-            continue
-        if name in ("blocks", "stages", "layers"):
-            groups.extend(([f"{name}.{i}"], [stage]) for i, stage in enumerate(child.children()))
-        elif _is_norm(child) and groups:
-            groups[-1][0].append(name)
-            groups[-1][1].append(child)
-        else:
-            groups.append(([name], [child]))
-    if len(groups) < 2:
-        raise ValueError(f"Could not cut {type(inner).__name__} into layer groups; "
-                         "the freeze-depth sweep needs a body made of several stages.")
-    return [("+".join(names), mods[0] if len(mods) == 1 else nn.Sequential(*mods))
-            for names, mods in groups]
-
-
-def body_groups(body: nn.Module) -> list[nn.Module]:
-    """The layer groups of :func:`named_body_groups`, without their names."""
-    return [group for _, group in named_body_groups(body)]
-
-
-def group_splitter(model: nn.Module) -> L:
-    """fastai splitter: one parameter group per body group, then one for the head."""
-    return L([params(g) for g in body_groups(model[0])] + [params(model[1:])])
-
-
-@lru_cache(maxsize=None)
-def n_body_groups(arch: str) -> int:
-    """How many layer groups :func:`body_groups` finds in ``arch`` (no weights loaded)."""
-    import timm
-
-    return len(body_groups(timm.create_model(arch, pretrained=False, num_classes=0)))
 
 
 # --- runs ---------------------------------------------------------------------------
@@ -233,7 +177,7 @@ def run_key(run: Run, s: Settings) -> dict:
     if run.strategy == "scratch":
         key.update(scratch=asdict(SCRATCH), size=scratch_size(run.domain, s))
     else:
-        key.update(size=network_size(run.domain, s), recipe=asdict(training.RECIPE))
+        key.update(size=network_size(run.domain, s), recipe=asdict(models.RECIPE))
         key.update(probe=asdict(PROBE)) if run.strategy == "head-only" else key.update(epochs=s.sweep_epochs)
     return key
 
@@ -292,12 +236,11 @@ def train_positions(domain: str, per_class: int, seed: int, s: Settings) -> np.n
 
 # --- cached inputs ----------------------------------------------------------------------
 
-def domain_features(domain: str, s: Settings | None = None) -> features.Features:
+def domain_features(domain: str, s: Settings) -> features.Features:
     """Cached ImageNet features of ``domain`` at the size an ImageNet network sees it."""
-    s = s or get_settings()
     model, model_id = features.backbone(True)
     return features.cached_features(model, model_id, _table(domain, s), network_size(domain, s),
-                                    dataset=domain, device=s.device, verbose=False)
+                                    dataset=domain, device=s.device, verbose=False, cache=s.cache_dir)
 
 
 def _square(img, size: int):
@@ -309,15 +252,12 @@ def _square(img, size: int):
     return img.crop(box).resize((size, size), Image.BILINEAR)
 
 
-def image_tensors(domain: str, s: Settings | None = None) -> dict:
+def image_tensors(domain: str, s: Settings) -> dict:
     """Every image of ``domain`` as uint8 tensors at the scratch size, per split, cached on disk.
 
     Fashion-MNIST comes straight from the packaged arrays (1 channel, 28 px); photos
     are centre-cropped to a square and resized (3 channels).
     """
-    from tlcourse.checker import load_image
-
-    s = s or get_settings()
     df = _table(domain, s)
     size = scratch_size(domain, s)
     classes = sorted(df["label"].astype(str).unique())
@@ -333,13 +273,14 @@ def image_tensors(domain: str, s: Settings | None = None) -> dict:
     arrays = data.fashion_arrays() if is_far(domain, s) else None
     for split in data.SPLITS:
         part = df[df.split == split]
-        if arrays is not None:
+        if arrays is not None:  # the table's rows of the arrays (file i of a split is row i)
             names = [str(c) for c in arrays["classes"]]
-            x = torch.from_numpy(arrays[f"{split}_x"]).unsqueeze(1)
-            y = torch.tensor([classes.index(names[i]) for i in arrays[f"{split}_y"]])
+            rows = [int(Path(f).stem) for f in part["fname"]]
+            x = torch.from_numpy(arrays[f"{split}_x"][rows]).unsqueeze(1)
+            y = torch.tensor([classes.index(names[i]) for i in arrays[f"{split}_y"][rows]])
         else:
             root = Path(df.attrs["path"])
-            x = torch.stack([torch.from_numpy(np.asarray(_square(load_image(root / f), size))).permute(2, 0, 1)
+            x = torch.stack([torch.from_numpy(np.array(_square(load_image(root / f), size))).permute(2, 0, 1)
                              for f in part["fname"]])
             y = torch.tensor([classes.index(str(v)) for v in part["label"]])
         out[f"{split}_x"], out[f"{split}_y"] = x.contiguous(), y
@@ -414,14 +355,13 @@ def _tensor_dl(x: torch.Tensor, y: torch.Tensor, bs: int, train: bool, device: s
                       retain=lambda res, b: res, num_workers=0)  # slices of tensors in memory: nothing to load
 
 
-def scratch_learner(domain: str, per_class: int, seed: int, s: Settings | None = None,
+def scratch_learner(domain: str, per_class: int, seed: int, s: Settings,
                     valid: str = "valid", **kwargs) -> Learner:
     """A fastai ``Learner`` for the scratch CNN on ``per_class`` images a class held in memory.
 
     The seed is set before the network and the loaders are made, so a run repeats.
     ``valid`` names the split the learner validates on.
     """
-    s = s or get_settings()
     t = image_tensors(domain, s)
     idx = torch.from_numpy(train_positions(domain, per_class, seed, s))
     set_seed(seed, reproducible=True)
@@ -461,47 +401,10 @@ def tensor_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
 
 # --- one run of each kind ---------------------------------------------------------------
 
-class EpochLog(Callback):
-    """Train loss and (when ``curve``) validation accuracy after every epoch, across the
-    ``fit`` calls of one run; without ``curve`` validation is skipped (the run's result is
-    its test accuracy, measured afterwards)."""
-
-    order = Recorder.order + 1
-
-    def __init__(self, curve: bool, at: Iterable[int] | None = None):
-        self.curve, self.rows = curve, []
-        self.at = None if at is None else set(at)  # the epochs to validate (default: all)
-
-    def _validates(self) -> bool:
-        return self.curve and (self.at is None or len(self.rows) + 1 in self.at)
-
-    def before_epoch(self):
-        self._start = time.perf_counter()
-
-    def before_validate(self):
-        # Starting a DataLoader draws random numbers; restoring the generators keeps training
-        # the same whether or not the epoch is validated.
-        self._rng = (torch.get_rng_state(), random.getstate(), np.random.get_state())
-        if not self._validates():
-            raise CancelValidException()
-
-    def after_validate(self):
-        torch.set_rng_state(self._rng[0])
-        random.setstate(self._rng[1])
-        np.random.set_state(self._rng[2])
-
-    def after_epoch(self):
-        names = [n for n in self.recorder.metric_names[1:] if n != "time"]
-        values = dict(zip(names, self.recorder.values[-1]))
-        self.rows.append({"epoch": len(self.rows) + 1, "train_loss": float(values["train_loss"]),
-                          "accuracy": float(values["accuracy"]) if self._validates() and "accuracy" in values else None,
-                          "seconds": time.perf_counter() - self._start})
-
-
 def _train_scratch(run: Run, s: Settings) -> dict:
     n_train = len(train_positions(run.domain, run.per_class, run.seed, s))
     epochs = scratch_epochs(n_train)
-    log = EpochLog(run.curve, curve_epochs(epochs))
+    log = records.EpochLog(run.curve, curve_epochs(epochs))
     learn = scratch_learner(run.domain, run.per_class, run.seed, s, cbs=[log])
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(epochs, SCRATCH.lr)
@@ -546,33 +449,32 @@ def _train_network(run: Run, s: Settings) -> dict:
     dls = data.datablock(df.attrs["path"], size, augment=True).dataloaders(
         df, path=s.cache_dir, bs=data.batch_size(int((df.split == "train").sum()), s), seed=run.seed,
         device=s.device, num_workers=s.num_workers, pin_memory=s.pin_memory)
-    log = EpochLog(run.curve)
-    kwargs = training.RECIPE.learner_kwargs()
+    log = records.EpochLog(run.curve)
+    kwargs = models.RECIPE.learner_kwargs()
     kwargs["cbs"] = list(kwargs.get("cbs", [])) + [log]
     if run.strategy == "freeze":
-        kwargs["splitter"] = group_splitter
+        kwargs["splitter"] = models.group_splitter
     learn = models.learner(dls, arch=s.arch, path=_scratch_path(), **kwargs)
-    r = training.RECIPE
+    r = models.RECIPE
     with learn.no_bar(), learn.no_logging():
         if run.strategy == "fine-tune":
             learn.fine_tune(s.sweep_epochs, base_lr=r.base_lr, freeze_epochs=r.freeze_epochs, lr_mult=r.lr_mult)
         else:  # fine_tune written out, with freeze_to(k) in place of unfreeze()
-            n = len(learn.opt.param_groups) if learn.opt else len(group_splitter(learn.model))
+            n = len(learn.opt.param_groups) if learn.opt else len(models.group_splitter(learn.model))
             learn.freeze()
             learn.fit_one_cycle(r.freeze_epochs, slice(r.base_lr), pct_start=0.99)
             learn.freeze_to(run.frozen)
             lo, hi = r.base_lr / 2 / r.lr_mult, r.base_lr / 2
             learn.fit_one_cycle(s.sweep_epochs, [lo] * (n - 1) + [hi], pct_start=0.3, div=5.0)
     learn.remove_cb(log)
-    acc = training.test_accuracy(learn, data.test_rows(run.domain, s))
+    acc = models.test_accuracy(learn, data.test_rows(run.domain, s))
     return {"accuracy": acc, "epochs": r.freeze_epochs + s.sweep_epochs, "curve": log.rows,
             "n_classes": int(dls.c)}
 
 
-def train_run(run: Run, s: Settings | None = None) -> dict:
+def train_run(run: Run, s: Settings) -> dict:
     """Train ``run`` and return its result: test ``accuracy``, ``epochs``, ``seconds``,
     ``n_classes`` and (with ``curve``) one dict per epoch."""
-    s = s or get_settings()
     start = time.perf_counter()
     if run.strategy == "scratch":
         result = _train_scratch(run, s)
@@ -606,7 +508,7 @@ def default_workers() -> int:
     return max(1, int(os.environ.get("TLCOURSE_WORKERS", min(2, os.cpu_count() or 1))))
 
 
-def run_grid(runs: Iterable[Run], settings: Settings | None = None, progress: bool = True,
+def run_grid(runs: Iterable[Run], settings: Settings, progress: bool = True,
              workers: int | None = None) -> pd.DataFrame:
     """Run (or load) every run; one row per run with its test accuracy.
 
@@ -616,7 +518,7 @@ def run_grid(runs: Iterable[Run], settings: Settings | None = None, progress: bo
     that many processes side by side.  Each run sets its own seed, so the numbers are the
     same either way.
     """
-    s = settings or get_settings()
+    s = settings
     runs = list(dict.fromkeys(runs))
     # one request with a curve also serves the same run without one
     curved = {dataclass_replace(r, curve=False) for r in runs if r.curve}
@@ -698,15 +600,17 @@ def is_far_kind(kind: str) -> bool:
 
 def freeze_plan(s: Settings) -> dict:
     """The freeze-depth sweep: one size per domain, the depths ``k`` (0 is fine-tune)."""
-    n = n_body_groups(s.arch)
-    depths = (0, n // 2, n) if s.mode == "quick" else tuple(range(0, n + 1, 2 if n > 6 else 1)) + ((n,) if n % 2 else ())
+    n = models.n_body_groups(s.arch)
+    if s.mode == "quick" or s.scale == "smoke":
+        depths = (0, n // 2, n)
+    else:
+        depths = tuple(range(0, n + 1, 2 if n > 6 else 1)) + ((n,) if n % 2 else ())
     return {"sizes": {s.dataset: network_sizes("near", s)[0], s.far_dataset: network_sizes("far", s)[0]},
             "depths": tuple(sorted(set(depths)))}
 
 
-def lesson_runs(s: Settings | None = None, seeds: Sequence[int] | None = None) -> list[Run]:
+def lesson_runs(s: Settings, seeds: Sequence[int] | None = None) -> list[Run]:
     """Every run lesson 05 shows (the notebook, the tests and the benchmark use this one list)."""
-    s = s or get_settings()
     seeds = tuple(seeds if seeds is not None else s.seeds)
     near, few, far = s.dataset, s.few_shot_dataset, s.far_dataset
     runs = []
@@ -722,9 +626,8 @@ def lesson_runs(s: Settings | None = None, seeds: Sequence[int] | None = None) -
     return runs
 
 
-def lesson_grid(s: Settings | None = None, seeds: Sequence[int] | None = None, progress: bool = True) -> pd.DataFrame:
+def lesson_grid(s: Settings, seeds: Sequence[int] | None = None, progress: bool = True) -> pd.DataFrame:
     """:func:`run_grid` over :func:`lesson_runs`."""
-    s = s or get_settings()
     return run_grid(lesson_runs(s, seeds), s, progress)
 
 
@@ -749,7 +652,7 @@ def curves(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare(df: pd.DataFrame, domain: str, per_class: int, a: str, b: str) -> dict:
+def compare(df: pd.DataFrame, domain: str, per_class: int, a: str, b: str, s: Settings) -> dict:
     """``a`` minus ``b`` on the same seeds (same training images): mean, lowest and highest
     difference, and whether the gap is *decided*: the same sign on every seed and larger
     than one standard error of a test accuracy on this many test images."""
@@ -760,15 +663,15 @@ def compare(df: pd.DataFrame, domain: str, per_class: int, a: str, b: str) -> di
     if not len(seeds):
         raise ValueError(f"no seeds with both {a} and {b} on {domain} at {per_class} a class.")
     diff = pa[seeds] - pb[seeds]
-    n_test = int((data.test_rows(domain)).shape[0])
+    n_test = int(data.test_rows(domain, s).shape[0])
     p = float((pa[seeds].mean() + pb[seeds].mean()) / 2)
     se = math.sqrt(max(p * (1 - p), 1e-4) / n_test)
-    decided = bool((diff > 0).all() or (diff < 0).all()) and abs(float(diff.mean())) > se
+    decided = stats.decided(diff, se) != 0
     return {"a": a, "b": b, "mean": float(diff.mean()), "low": float(diff.min()), "high": float(diff.max()),
             "seeds": len(seeds), "se": se, "decided": decided}
 
 
-def winner(df: pd.DataFrame, domain: str, per_class: int) -> dict:
+def winner(df: pd.DataFrame, domain: str, per_class: int, s: Settings) -> dict:
     """The best strategy at one size, the strategies tied with it, and its lead over the rest.
 
     ``tied``: the strategies whose gap to the best is not decided (:func:`compare`);
@@ -782,18 +685,18 @@ def winner(df: pd.DataFrame, domain: str, per_class: int) -> dict:
         raise ValueError(f"only {ranked} ran on {domain} at {per_class} a class: nothing to compare.")
     best = ranked[0]
     means = part.set_index("strategy")["mean"]
-    tied = [o for o in ranked[1:] if not compare(df, domain, per_class, best, o)["decided"]]
+    tied = [o for o in ranked[1:] if not compare(df, domain, per_class, best, o, s)["decided"]]
     rest = [o for o in ranked[1:] if o not in tied]
     out = {"domain": domain, "per_class": int(per_class), "best": best, "best_mean": float(means[best]),
            "tied": ", ".join(tied), "strategies": ", ".join(ranked), "runner_up": None,
            "runner_up_mean": math.nan, "margin": math.nan, "margin_low": math.nan, "margin_high": math.nan,
            "decided": False}
     if rest:
-        gap = compare(df, domain, per_class, best, rest[0])
+        gap = compare(df, domain, per_class, best, rest[0], s)
         out.update(runner_up=rest[0], runner_up_mean=float(means[rest[0]]), margin=gap["mean"],
                    margin_low=gap["low"], margin_high=gap["high"], decided=gap["decided"])
     else:  # report the gap to the second best, which is a tie
-        gap = compare(df, domain, per_class, best, ranked[1])
+        gap = compare(df, domain, per_class, best, ranked[1], s)
         out.update(margin=gap["mean"], margin_low=gap["low"], margin_high=gap["high"])
     return out
 
@@ -812,7 +715,7 @@ ADVICE = {("little", "near"): ("head-only", "keep the pretrained layers, retrain
           ("much", "far"): ("scratch", "with enough data and a different task, train (nearly) everything")}
 
 
-def strategy_guide(df: pd.DataFrame, s: Settings | None = None) -> pd.DataFrame:
+def strategy_guide(df: pd.DataFrame, s: Settings) -> pd.DataFrame:
     """The 2x2 guide (little/much data x near/far domain) as measured: one row per cell.
 
     *Little* is the smallest size of each sweep at which scratch ran next to a pretrained
@@ -821,12 +724,11 @@ def strategy_guide(df: pd.DataFrame, s: Settings | None = None) -> pd.DataFrame:
     decided winner, ``disagrees`` when another strategy beats it decidedly, ``tie``
     otherwise.
     """
-    s = s or get_settings()
     rows = []
     for similarity, domain in (("near", s.dataset), ("far", s.far_dataset)):
         sizes = compared_sizes(df, domain)
         for amount, n in (("little", min(sizes)), ("much", max(sizes))):
-            w = winner(df, domain, n)
+            w = winner(df, domain, n, s)
             advice, text = ADVICE[(amount, similarity)]
             ran = set(df[(df.domain == domain) & (df.per_class == n)].strategy)
             top = [w["best"]] + [t for t in w["tied"].split(", ") if t]
@@ -866,7 +768,7 @@ def grid_cost(results: pd.DataFrame, s: Settings) -> pd.DataFrame:
             seconds = n_train * scratch_epochs(n_train) * per.get("scratch", np.nan)
         else:
             ratio = (network_size(run.domain, full) / network_size(run.domain if run.domain != "pets" else s.dataset, s)) ** 2
-            seconds = n_train * (training.RECIPE.freeze_epochs + full.sweep_epochs) * per.get("network", np.nan) * ratio
+            seconds = n_train * (models.RECIPE.freeze_epochs + full.sweep_epochs) * per.get("network", np.nan) * ratio
         rows.append({"strategy": run.strategy, "domain": run.domain, "estimated_s": seconds})
     out = pd.DataFrame(rows).groupby(["domain", "strategy"]).agg(runs=("estimated_s", "size"),
                                                                  estimated_s=("estimated_s", "sum"))

@@ -40,9 +40,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tlcourse import data, models
-from tlcourse.checker import load_image
-from tlcourse.settings import OFFLINE_ARCH, Settings, get_settings
+from tlcourse import data, models, stats
+from tlcourse.images import load_image
+from tlcourse.settings import OFFLINE_ARCH, Settings, cache_dir
 
 #: Bump when the layout of a cache file changes; old files are then recomputed.
 CACHE_VERSION = 3
@@ -281,16 +281,17 @@ def _try_save(path: Path, payload: dict) -> bool:
 
 def cached_features(model: nn.Module, model_id: str, df: pd.DataFrame, image_size: int,
                     dataset: str | None = None, transform: Callable | None = None,
-                    transform_desc: str | None = None, batch_size: int = 32, device: str | None = None,
-                    progress: bool = True, verbose: bool = True) -> Features:
+                    transform_desc: str | None = None, batch_size: int = 32, device: str = "cpu",
+                    progress: bool = True, verbose: bool = True, cache: Path | None = None) -> Features:
     """Features of ``df``'s training, validation and test images, from the cache when possible.
 
     The cache key hashes ``model_id`` (see :func:`model_identity`), the data set's
     name and identity (:func:`data_identity`), ``image_size`` and a description of
     the transforms (``repr(transform)`` unless ``transform_desc`` is given), so a
     change to any of them computes new features instead of reusing stale ones.
-    Files live in ``settings.cache_dir / "features"`` and are written atomically;
-    if that folder cannot be written, the features are returned uncached.
+    Files live in ``cache / "features"`` (``cache``: ``settings.cache_dir``, by default the
+    machine's course cache) and are written atomically; if that folder cannot be written,
+    the features are returned uncached.  ``device``: where the network runs (``settings.device``).
     """
     if not {"fname", "label", "split"} <= set(df.columns) or "path" not in df.attrs:
         raise ValueError("df must be an items() table: columns fname, label, split and "
@@ -303,7 +304,7 @@ def cached_features(model: nn.Module, model_id: str, df: pd.DataFrame, image_siz
     transform_desc = transform_desc if transform_desc is not None else repr(transform)
     dataset = dataset or Path(df.attrs["path"]).name
     key, described = cache_key(model_id, dataset, df, image_size, transform_desc)
-    path = get_settings().cache_dir / "features" / f"{model_id.split(':')[0]}-{key[:20]}.pt"
+    path = (cache or cache_dir()) / "features" / f"{model_id.split(':')[0]}-{key[:20]}.pt"
     classes = class_names(df)
 
     payload = _load(path, key)
@@ -313,7 +314,6 @@ def cached_features(model: nn.Module, model_id: str, df: pd.DataFrame, image_siz
         return Features(*(payload[p] for p in _PARTS), classes=list(payload["classes"]), key=key,
                         path=path, from_cache=True)
 
-    device = device or get_settings().device
     short_id = "pretrained" if "imagenet" in model_id else model_id.split(":")[-1]
     start = time.perf_counter()
     parts = []
@@ -330,14 +330,14 @@ def cached_features(model: nn.Module, model_id: str, df: pd.DataFrame, image_siz
     return Features(*parts, classes=classes, key=key, path=path, from_cache=False)
 
 
-def dataset_features(pretrained: bool = True, seed: int = 0, name: str | None = None,
-                     settings: Settings | None = None, **kwargs) -> Features:
+def dataset_features(settings: Settings, pretrained: bool = True, seed: int = 0, name: str | None = None,
+                     **kwargs) -> Features:
     """Cached features of the mode's data set (or ``name``) under the offline backbone."""
-    s = settings or get_settings()
+    s = settings
     name = name or s.dataset
     model, model_id = backbone(pretrained, seed)
     return cached_features(model, model_id, data.items(name, s), s.image_size, dataset=name,
-                           device=s.device, **kwargs)
+                           device=s.device, cache=s.cache_dir, **kwargs)
 
 
 def pixel_features(df: pd.DataFrame, size: int = 32) -> Features:
@@ -521,12 +521,11 @@ def summarise(curve: pd.DataFrame) -> pd.DataFrame:
 
 
 def clearly_ahead(curve: pd.DataFrame, first: str, second: str, per_class: int) -> bool:
-    """Whether ``first`` beat ``second`` on every seed at ``per_class`` (worst of one above best of other).
-
-    The conservative reading of a few seeds: overlapping ranges mean "no clear difference".
-    """
-    part = curve[curve["per_class"] == per_class].groupby("features")["accuracy"]
-    return bool(part.min()[first] > part.max()[second])
+    """Whether ``first`` beat ``second`` at ``per_class`` by the course's one rule
+    (:func:`tlcourse.stats.verdict`: on every seed, by more than the seeds' spread)."""
+    part = curve[curve["per_class"] == per_class].set_index("seed")
+    by = {name: part[part["features"] == name]["accuracy"] for name in (first, second)}
+    return stats.verdict(by[first], by[second]) == "ahead"
 
 
 # --- pictures and timings ---------------------------------------------------------

@@ -16,6 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from tlcourse.records import History
+
 
 # --- activations / lesson 01 -------------------------------------------------------
 
@@ -299,13 +301,11 @@ def plot_projections(panels: Mapping[str, tuple[object, object]], classes: Seque
 # --- training / lessons 03-04 ---------------------------------------------------------
 
 def _history(history):
-    """A ``training.History`` from a History or a Learner (read from its Recorder)."""
+    """A ``records.History`` from a History or a Learner (read from its Recorder)."""
     if hasattr(history, "recorder"):
-        from tlcourse.training import History
-
         return History.of(history)
     if not hasattr(history, "epochs") or not hasattr(history, "batches"):
-        raise ValueError("expected a training.History or a fastai Learner, "
+        raise ValueError("expected a records.History or a fastai Learner, "
                          f"got {type(history).__name__}.")
     return history
 
@@ -327,7 +327,7 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
     """Training curves from fastai's Recorder: losses (left) and validation accuracy (right)
     against epochs.
 
-    ``history`` is a ``training.History`` (several stages joined are marked by dotted
+    ``history`` is a ``records.History`` (several stages joined are marked by dotted
     lines and named along the bottom of the accuracy panel) or a Learner right after ``fit``.  The thin line is the smoothed training loss
     of every batch; dots are the per-epoch training and validation losses.
     """
@@ -369,7 +369,7 @@ def plot_seed_comparison(results: Mapping[str, pd.Series], chance: float | None 
     """One bar per setting (its mean over seeds) with every seed's result as a dot.
 
     ``results`` maps a setting's name to its test accuracies (0-1) indexed by seed, as
-    :func:`tlcourse.training.over_seeds` returns them.
+    :func:`tlcourse.stats.over_seeds` returns them.
     """
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.8 * len(results)))
     names = list(results)

@@ -8,7 +8,9 @@ GPU.  Without the variable the course picks ``full`` when CUDA is available and
 
 from __future__ import annotations
 
+import difflib
 import os
+import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -66,6 +68,9 @@ class Settings:
     precision: str | None = None
     #: short side of the resized copy of the downloaded photos (None: train on the files as they are)
     resized_short_side: int | None = None
+    #: at most this many images of a class in each split of every data set (None: all of them);
+    #: only the dress rehearsal sets it, so that lesson 05's grid stays small
+    max_per_class: int | None = None
 
     def __str__(self) -> str:
         width = max(len(f.name) for f in fields(self))
@@ -108,12 +113,72 @@ def check_versions() -> dict[str, str]:
     return found
 
 
+class CacheError(OSError):
+    """A cache folder the course cannot write to; ``str()`` names it and what to do."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+def cache_error(folder: Path, err: BaseException | None = None) -> CacheError:
+    """The one message for an unwritable course cache: the folder, why, and ``TLCOURSE_CACHE``."""
+    why = (getattr(err, "strerror", None) or str(err) or type(err).__name__) if err else "read only"
+    source = ("set by TLCOURSE_CACHE" if os.environ.get("TLCOURSE_CACHE")
+              else "the default; TLCOURSE_CACHE is not set")
+    return CacheError(f"The course cache {folder} ({source}) cannot be written ({why}). "
+                      "Set TLCOURSE_CACHE to a folder you can write to, for example "
+                      "os.environ['TLCOURSE_CACHE'] = '/tmp/tlcourse' in the first cell or "
+                      "`export TLCOURSE_CACHE=~/tlcourse-cache` in the shell, and restart the kernel.")
+
+
+def writable(folder: Path) -> bool:
+    """True when files can be created in ``folder`` (created if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def arch_source(arch: str) -> tuple[str, str]:
+    """Where ``arch`` comes from: ``("offline", name)``, ``("torchvision", name)`` or ``("timm", name)``.
+
+    Only the torchvision models fastai knows as functions (its ``model_meta``: the
+    ResNets, DenseNets, VGGs, SqueezeNets, AlexNet) go to torchvision; any other name is
+    timm's, with or without a pretrained tag (``resnet18d``, ``resnet18.a1_in1k``,
+    ``convnext_tiny``).  An unknown name raises ``ValueError`` with the closest names.
+    """
+    import timm  # heavy: kept off the start of every `tlcourse` command
+
+    name = arch.strip()
+    if name == OFFLINE_ARCH:
+        return "offline", name
+    if name in torchvision_archs():
+        return "torchvision", name
+    if timm.is_model(name):
+        return "timm", name
+    known = sorted(set(timm.list_models()) | torchvision_archs())
+    close = difflib.get_close_matches(name.split(".")[0], known, n=4, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"{arch!r} is neither a timm model nor a torchvision model fastai knows.{hint} "
+                     "timm.list_models('resnet*') lists timm's names.")
+
+
+def torchvision_archs() -> set[str]:
+    """Names of the torchvision models fastai's ``vision_learner`` takes as functions."""
+    from fastai.vision.learner import model_meta
+
+    return {f.__name__ for f in model_meta
+            if getattr(f, "__module__", "").startswith("torchvision")}
+
+
 def cache_dir() -> Path:
     """Folder for converted weights, generated data, features and results.
 
     ``TLCOURSE_CACHE`` overrides it; otherwise ``~/.cache/tlcourse`` (or
     ``$XDG_CACHE_HOME/tlcourse``).  Created on first use; a folder that cannot be
-    created raises ``tlcourse.download.CacheError`` (an ``OSError``) naming it and
+    created raises :class:`CacheError` (an ``OSError``) naming it and
     ``TLCOURSE_CACHE``.
     """
     env = os.environ.get("TLCOURSE_CACHE")
@@ -125,8 +190,6 @@ def cache_dir() -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # cannot be created: say which folder, and TLCOURSE_CACHE
-        from tlcourse.download import cache_error
-
         raise cache_error(path, err) from None
     return path
 
@@ -208,14 +271,23 @@ def mixed_precision(device: str) -> str | None:
         return "fp16"
 
 
-def to_mixed_precision(learn, settings: Settings | None = None):
+def to_mixed_precision(learn, settings: Settings):
     """``learn.to_fp16()`` or ``learn.to_bf16()`` as the settings say (nothing on a CPU); returns ``learn``."""
-    s = settings or get_settings()
-    if s.precision == "fp16":
+    if settings.precision == "fp16":
         return learn.to_fp16()
-    if s.precision == "bf16":
+    if settings.precision == "bf16":
         return learn.to_bf16()
     return learn
+
+
+def full_arch() -> str:
+    """The architecture full mode trains: ``TLCOURSE_ARCH`` when set, else :data:`FULL_ARCH`.
+
+    The one rule for ``TLCOURSE_ARCH``: full mode reads it (quick mode always uses the
+    offline backbone), and so do ``tlcourse check`` and ``tlcourse prefetch`` when they list
+    what full mode downloads.
+    """
+    return os.environ.get("TLCOURSE_ARCH", "").strip() or FULL_ARCH
 
 
 def get_settings() -> Settings:
@@ -231,7 +303,7 @@ def get_settings() -> Settings:
     mode, reason = _choose_mode()
     scale = _choose_scale(mode)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    arch = os.environ.get("TLCOURSE_ARCH", FULL_ARCH) if mode == "full" else OFFLINE_ARCH
+    arch = full_arch() if mode == "full" else OFFLINE_ARCH
     threads = 1 if device == "cpu" else None
     if os.environ.get("TLCOURSE_THREADS"):
         threads = int(os.environ["TLCOURSE_THREADS"])
@@ -246,13 +318,14 @@ def get_settings() -> Settings:
                         few_shot_sizes=(1, 2, 5), sweep_epochs=4)
     full = dict(common, dataset="pets", precision=mixed_precision(device))
     if scale == "smoke":
-        # Full mode's data sets, architecture and code, shrunk: 1 photo a breed, 32 pixels, two
-        # seeds, the fewest epochs lesson 04 accepts (gradual unfreezing needs 3 after the frozen
-        # one).  Only for rehearsing full mode on a CPU: no result of this scale means anything.
-        return Settings(**dict(full, seeds=(0, 1)), image_size=32, far_image_size=32,
+        # Full mode's data sets, architecture and code, shrunk: 1 photo a breed, 32 pixels, one
+        # seed (quick mode runs the comparisons over seeds), the fewest epochs lesson 04 accepts
+        # (gradual unfreezing needs 3 after the frozen one).  Only for rehearsing full mode on a
+        # CPU: no result of this scale means anything.
+        return Settings(**dict(full, seeds=(0,)), image_size=32, far_image_size=32,
                         batch_size=8, epochs=3, per_class=1,
                         near_sizes=(1, 2), far_sizes=(2, 5), few_shot_sizes=(1, 2), sweep_epochs=1,
-                        resized_short_side=48)
+                        resized_short_side=48, max_per_class=6)
     return Settings(**full, image_size=224, far_image_size=128,
                     batch_size=64, epochs=4, per_class=None,
                     near_sizes=(1, 2, 5, 10, 20, 60), far_sizes=(5, 20, 100, 600),

@@ -7,132 +7,22 @@ last.  ``freeze_to``, ``unfreeze``, discriminative learning rates (``slice``) an
 parameter counts per group (trainable, frozen, BatchNorm), the learning rate the
 optimiser holds for each group, a splitter that cuts a timm body into several
 groups, a VGG-style custom head, and ``fine_tune`` and gradual unfreezing written
-out step by step.  Training histories are read from fastai's ``Recorder``, and
-``fresh_learner`` makes runs with the same seed repeat exactly.
+out step by step.  Training histories are read from fastai's ``Recorder``.  The recipe
+itself (``models.RECIPE``) and the reading of results over seeds (:mod:`tlcourse.stats`)
+are shared with the other lessons.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from fastai.torch_core import norm_bias_params, params
-from fastai.vision.all import Callback, Learner, TrainEvalCallback
+from fastai.vision.all import Learner
 from torch import nn
 
-
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The course's one transfer-learning recipe, used by every lesson that trains.
-
-    ``fine_tune`` keeps fastai's own defaults (``base_lr=2e-3``, ``lr_mult=100``, one
-    frozen epoch); a head trained alone with ``fit_one_cycle`` gets ``head_lr``.  The
-    one change from fastai's defaults is BatchNorm: with batches of 10-20 images its
-    running statistics, re-estimated on every small batch, are noisier than
-    ImageNet's, so they stay fixed (``train_bn=False`` and :class:`FreezeBNStats`).
-    ``benchmarks/recipe.py`` chose these values on the validation split with seeds
-    that no lesson uses (cats vs dogs, 10 a class: head 3e-3 88 %, 1e-3 85 %, 1e-2 80 %;
-    fine_tune 1e-3 to 5e-3 all 87-90 %; fastai's BatchNorm default 74-76 %); lesson 03
-    measures the BatchNorm effect on the test split.
-    """
-
-    head_lr: float = 3e-3
-    base_lr: float = 2e-3
-    lr_mult: float = 100
-    freeze_epochs: int = 1
-    freeze_bn_stats: bool = True
-
-    def learner_kwargs(self, cbs: Sequence[Callback] = ()) -> dict:
-        """Keyword arguments for ``vision_learner`` that apply the BatchNorm part of the recipe,
-        with the callbacks ``cbs`` added to the recipe's own."""
-        if not self.freeze_bn_stats:
-            return dict(cbs=list(cbs))
-        return dict(train_bn=False, cbs=[FreezeBNStats(), *cbs])
-
-
-class FreezeBNStats(Callback):
-    """Keep every BatchNorm layer in eval mode during training: its running mean and
-    variance stay as they were (ImageNet's), while its scale and shift may still train.
-
-    fastai's ``BnFreeze`` does this only for BatchNorm layers whose weights are frozen;
-    this one also covers the unfrozen network of ``fine_tune``'s second phase.
-    """
-
-    run_after = TrainEvalCallback
-
-    def before_train(self):
-        for module in self.model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
-
-RECIPE = Recipe()
-
-
-def test_accuracy(learn: Learner, test_df: pd.DataFrame) -> float:
-    """Accuracy of ``learn`` on the rows of ``test_df`` (labelled), in eval mode, without a bar."""
-    dl = learn.dls.test_dl(test_df, with_labels=True)
-    with learn.no_bar():
-        return float(learn.validate(dl=dl)[1])
-
-
-def over_seeds(settings: Mapping[str, Callable[[int], float]], seeds: Sequence[int],
-               progress: bool = True) -> dict[str, pd.Series]:
-    """Run every ``settings[name](seed)`` for every seed: name -> its results indexed by seed.
-
-    The lessons compare two ways of training with three seeds each; this runs them
-    with one progress bar and keeps every single result, not only the mean.
-    """
-    from tqdm.auto import tqdm
-
-    jobs = [(name, seed) for name in settings for seed in seeds]
-    out: dict[str, dict[int, float]] = {name: {} for name in settings}
-    for name, seed in tqdm(jobs, desc="runs", disable=not progress):
-        out[name][seed] = float(settings[name](seed))
-    return {name: pd.Series(values, name=name).rename_axis("seed") for name, values in out.items()}
-
-
-def spread_table(results: Mapping[str, pd.Series]) -> pd.DataFrame:
-    """Mean, spread (standard deviation), lowest and highest result of each setting, in %."""
-    rows = {name: {"mean": r.mean(), "spread (std)": r.std(ddof=1) if len(r) > 1 else float("nan"),
-                   "lowest": r.min(), "highest": r.max(), "seeds": len(r)} for name, r in results.items()}
-    table = pd.DataFrame(rows).T
-    table[["mean", "spread (std)", "lowest", "highest"]] *= 100
-    return table.round(1)
-
-
-def verdict(a: pd.Series, b: pd.Series) -> str:
-    """``"ahead"``, ``"behind"`` or ``"tie"``: is ``a`` clearly above ``b``, seed for seed?
-
-    Clearly means: better on every seed, by more on average than the larger of the
-    two settings' own spreads over seeds.  Anything less is called a tie, because
-    three seeds cannot tell it from noise.
-    """
-    diff = (a - b).dropna()
-    noise = max(a.std(ddof=1), b.std(ddof=1)) if min(len(a), len(b)) > 1 else float("inf")
-    if len(diff) and (diff > 0).all() and diff.mean() > noise:
-        return "ahead"
-    if len(diff) and (diff < 0).all() and -diff.mean() > noise:
-        return "behind"
-    return "tie"
-
-
-def compare(a: pd.Series, b: pd.Series, name_a: str, name_b: str) -> str:
-    """One sentence comparing two settings' results over the same seeds, with the spread."""
-    diff = (a - b).mean() * 100
-    spread = max(a.std(ddof=1), b.std(ddof=1)) * 100
-    head = (f"{name_a}: {a.mean():.1%} against {name_b}: {b.mean():.1%} "
-            f"(mean of {len(a)} seeds, difference {diff:+.1f} points, spread up to {spread:.1f} points): ")
-    outcome = verdict(a, b)
-    if outcome == "tie":
-        return head + "not clearly different with this many seeds."
-    winner, loser = (name_a, name_b) if outcome == "ahead" else (name_b, name_a)
-    return head + f"{winner} is ahead of {loser} on every seed, by more than the spread."
+from tlcourse.models import body_groups
+from tlcourse.records import History
 
 
 # --- layer groups -------------------------------------------------------------------
@@ -142,15 +32,13 @@ def split_body(model: nn.Module, n_body_groups: int = 3) -> list[list[nn.Paramet
     """Parameter groups of a ``vision_learner`` model: the body cut into ``n_body_groups``
     consecutive groups (early layers first), then the head.
 
-    The body's stages are the ones ``experiments.body_groups`` finds (for
+    The body's stages are the ones ``models.body_groups`` finds (for
     EfficientNet: the stem, the 7 stages of ``blocks``, the last 1x1 convolution),
     shared out as evenly as possible.  fastai's own split of a timm model is only
     ``[body, head]``; with more body groups ``freeze_to(-2)``, ``freeze_to(-3)`` ...
     open the body from the top down, and ``slice(lo, hi)`` spreads learning rates
     over the groups.
     """
-    from tlcourse.experiments import body_groups
-
     if not isinstance(model, nn.Sequential) or len(model) < 2:
         raise ValueError("split_body expects a vision_learner model, nn.Sequential(body, head); "
                          f"got {type(model).__name__}.")
@@ -343,103 +231,7 @@ def gradual_unfreeze(learn: Learner, total_epochs: int, base_lr: float = 2e-3, f
             record.append(History.of(learn, names[n]))
 
 
-class GroupLrs(Callback):
-    """Record the learning rate of every layer group at every training batch.
-
-    fastai's Recorder keeps only the last group's rate; this callback keeps them all,
-    so you can see what the optimiser really used.  ``table()`` gives one row per
-    batch; ``peaks()`` the largest rate of each group in each ``fit`` call.  Runs of
-    ``lr_find`` are skipped.
-    """
-
-    def __init__(self):
-        self.rows: list[dict] = []
-        self.fit_index = -1
-
-    def _finding(self) -> bool:
-        from fastai.callback.schedule import LRFinder
-
-        return any(isinstance(cb, LRFinder) for cb in self.learn.cbs)
-
-    def before_fit(self):
-        if not self._finding():
-            self.fit_index += 1
-
-    def after_batch(self):
-        if self.training and not self._finding():
-            row = {"fit": self.fit_index}
-            row.update({f"group {i}": float(h["lr"]) for i, h in enumerate(self.opt.hypers)})
-            self.rows.append(row)
-
-    def table(self) -> pd.DataFrame:
-        """One row per training batch: ``fit`` (0 for the first fit call) and each group's rate."""
-        return pd.DataFrame(self.rows)
-
-    def peaks(self) -> pd.DataFrame:
-        """The largest rate of each group in each fit call (the peak of a one-cycle schedule)."""
-        if not self.rows:
-            raise ValueError("no rates recorded yet: add the callback and train first.")
-        return self.table().groupby("fit").max()
-
-
-# --- histories from the Recorder ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class History:
-    """What fastai's ``Recorder`` saw during one or more ``fit`` calls.
-
-    ``epochs``: one row per epoch (``epoch`` counts from 1 across stages, ``stage``,
-    ``train_loss``, ``valid_loss`` and the metrics).  ``batches``: one row per training
-    batch (``epoch`` as a fraction, ``stage``, smoothed ``loss``, ``lr`` of the head).
-    """
-
-    epochs: pd.DataFrame
-    batches: pd.DataFrame
-
-    @classmethod
-    def of(cls, learn: Learner, stage: str = "") -> History:
-        """The history of the learner's most recent ``fit`` (the Recorder keeps only that one)."""
-        rec = learn.recorder
-        names = [n for n in rec.metric_names[1:] if n != "time"]
-        values = [list(v)[: len(names)] for v in rec.values]
-        epochs = pd.DataFrame(values, columns=names, dtype=float)
-        epochs.insert(0, "epoch", np.arange(1, len(epochs) + 1))
-        epochs.insert(1, "stage", stage)
-        n_epochs = max(len(rec.values), 1)
-        per_epoch = (len(rec.losses) / n_epochs) or 1
-        batches = pd.DataFrame({"epoch": (np.arange(len(rec.losses)) + 1) / per_epoch, "stage": stage,
-                                "loss": [float(v) for v in rec.losses], "lr": [float(v) for v in rec.lrs]})
-        return cls(epochs, batches)
-
-    def then(self, other: History) -> History:
-        """This history followed by ``other``, whose epochs are shifted to continue on."""
-        shift = float(self.epochs["epoch"].max()) if len(self.epochs) else 0.0
-        e, b = other.epochs.copy(), other.batches.copy()
-        e["epoch"] += shift
-        b["epoch"] += shift
-        return History(pd.concat([self.epochs, e], ignore_index=True),
-                       pd.concat([self.batches, b], ignore_index=True))
-
-    @classmethod
-    def join(cls, parts: list[History]) -> History:
-        """Stages recorded one after the other, as one history."""
-        if not parts:
-            raise ValueError("join needs at least one History.")
-        out = parts[0]
-        for part in parts[1:]:
-            out = out.then(part)
-        return out
-
-    @property
-    def final_accuracy(self) -> float:
-        """Validation accuracy after the last epoch."""
-        if "accuracy" not in self.epochs or not len(self.epochs):
-            raise ValueError("This history has no accuracy column; create the learner with metrics=accuracy.")
-        return float(self.epochs["accuracy"].iloc[-1])
-
-
-__all__ = ["RECIPE", "compare", "over_seeds", "spread_table", "verdict", "FreezeBNStats", "Recipe", "test_accuracy", "GroupLrs", "History", "body_output_shape", "expected_lrs",
+__all__ = ["body_output_shape", "expected_lrs",
            "four_groups", "gradual_schedule", "gradual_unfreeze",
            "group_lrs", "group_names", "param_summary", "params_by_layer_type", "set_lrs",
            "split_body", "vgg_head"]

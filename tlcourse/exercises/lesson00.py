@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tlcourse import data, images, models
 from tlcourse.exercises import exercise
+from tlcourse.settings import get_settings
+
 
 #: The breed whose test photos 00_setup's exercise 2 asks about.
 LESSON00_BREED = "Siamese"
 
 
 def _expected_batch_size() -> int:
-    """Images in one training batch of ``data.get_dls()`` with the mode's defaults."""
-    from tlcourse import data
-    from tlcourse.settings import get_settings
-
+    """Images in one training batch of ``data.get_dls(S.dataset, S)`` with the mode's defaults."""
     s = get_settings()
     rows = data.subsample(data.items(s.dataset, s), s.per_class)
     return data.batch_size(int((rows.split == "train").sum()), s)
@@ -22,9 +22,7 @@ def _expected_batch_size() -> int:
 
 @exercise
 def check_batch_shape(answer: Sequence[int]) -> tuple[bool, str]:
-    """00_setup: the shape of one training batch of ``data.get_dls()``, as a tuple."""
-    from tlcourse.settings import get_settings
-
+    """00_setup: the shape of one training batch of ``data.get_dls(S.dataset, S)``, as a tuple."""
     s = get_settings()
     shape = tuple(int(v) for v in answer)
     if len(shape) != 4:
@@ -45,15 +43,13 @@ def check_batch_shape(answer: Sequence[int]) -> tuple[bool, str]:
 
 def _breed_hits(breed: str) -> int:
     """How many test photos of ``breed`` have an ImageNet class of that breed's name in their top-5."""
-    from tlcourse import checker, data, models
-
-    df = data.items("pet_breeds")
+    df = data.items("pet_breeds", get_settings())
     rows = df[(df.split == "test") & (df.breed == breed)]
     net = models.create_model()
     word = breed.lower().replace("_", " ")
     hits = 0
     for fname in rows.fname:
-        top = models.top_k(net, checker.load_image(f"{df.attrs['path']}/{fname}"), k=5)
+        top = models.top_k(net, images.load_image(f"{df.attrs['path']}/{fname}"), k=5)
         hits += any(word in label.lower() for label, _ in top)
     return hits
 

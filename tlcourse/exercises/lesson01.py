@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from tlcourse.activations import activations
 from tlcourse.exercises import exercise
+from tlcourse.models import create_model, imagenet_labels
+from tlcourse.plots import ilsvrc_table
+
 
 #: The layer and input size that 01_imagenet's exercise 2 asks about.
 LESSON01_LAYER = "blocks.4"
@@ -16,8 +20,6 @@ _LESSON01_SHAPE: list[tuple[int, ...]] = []  # computed once, on first use
 @exercise
 def check_first_cnn_year(answer: int) -> tuple[bool, str]:
     """01_imagenet: the first year in which a CNN won ILSVRC, from the package's table."""
-    from tlcourse.plots import ilsvrc_table
-
     table = ilsvrc_table()
     winners = table[table["kind"] == "winner"]
     first = int(winners.loc[winners["era"] == "CNN", "year"].min())
@@ -40,9 +42,6 @@ def _lesson01_shape() -> tuple[int, ...]:
     """Output shape of the backbone's LESSON01_LAYER for one LESSON01_SIZE image (computed once)."""
     if not _LESSON01_SHAPE:
         import torch
-
-        from tlcourse.activations import activations
-        from tlcourse.models import create_model
 
         with torch.random.fork_rng():  # a random-weight model must not move the caller's seed
             model = create_model(pretrained=False)  # the shapes do not depend on the weights
@@ -80,8 +79,6 @@ def _has_word(name: str, word: str) -> bool:
 @exercise
 def check_cat_classes(answer: Sequence[int]) -> tuple[bool, str]:
     """01_imagenet: indices of every ImageNet class whose name contains the word 'cat' (a whole word)."""
-    from tlcourse.models import imagenet_labels
-
     labels = imagenet_labels()
     if isinstance(answer, str) or any(isinstance(i, str) for i in answer):
         return False, "give a list of class indices (ints), not names. Hint: `enumerate(labels)`."

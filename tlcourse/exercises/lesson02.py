@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tlcourse import models
 from tlcourse.exercises import exercise
 
 
@@ -11,8 +12,6 @@ from tlcourse.exercises import exercise
 def check_pooled_features(answer: Callable) -> tuple[bool, str]:
     """02: ``answer(model, x)`` returns the pooled body features, as the cut model does."""
     import torch
-
-    from tlcourse import models
 
     torch.manual_seed(0)
     model = models.create_model(pretrained=False, num_classes=0)

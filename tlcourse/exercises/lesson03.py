@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tlcourse import models, training
 from tlcourse.exercises import exercise
+
 
 #: Exercise 2 of 03_head_only: a VGG-style head for this image size and number of classes.
 LESSON03_SIZE, LESSON03_CLASSES = 224, 2
@@ -40,8 +42,6 @@ def check_count_trainable(answer: Callable) -> tuple[bool, str]:
 def check_vgg_head_params(answer: int) -> tuple[bool, str]:
     """03: parameters of the VGG-style head on this body for 224-px images and 2 classes."""
     from fastai.vision.learner import TimmBody
-
-    from tlcourse import models, training
 
     body = TimmBody(models.create_model(pretrained=False, num_classes=0))  # as vision_learner cuts it
     shape = training.body_output_shape(body, LESSON03_SIZE)

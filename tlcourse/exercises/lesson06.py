@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from tlcourse import checker, download
 from tlcourse.exercises import exercise
+
 
 #: Problems a clean copy must not have any more (it may still hold small images or small classes).
 _UNCLEAN = ("unreadable", "needs_plugin", "bad_pixels", "duplicate_across", "duplicate_within",
@@ -14,8 +16,6 @@ _UNCLEAN = ("unreadable", "needs_plugin", "bad_pixels", "duplicate_across", "dup
 def check_clean_copy(answer) -> tuple[bool, str]:
     """06: the path of a cleaned copy of the folder (RGB images, plain names, no bad files)."""
     from pathlib import Path
-
-    from tlcourse import checker
 
     if isinstance(answer, checker.CheckResult):
         return False, ("that is a check result; set `answer` to the *folder* of your clean copy "
@@ -34,7 +34,7 @@ def check_clean_copy(answer) -> tuple[bool, str]:
         first = left[0]
         return False, (f"the copy still has {len(left)} problem(s), e.g. {first.title} in "
                        f"{first.path}; these files are left out or converted every time. Hint: copy "
-                       "only the rows of `result.items`, open each with `checker.load_image` (RGB) "
+                       "only the rows of `result.items`, open each with `images.load_image` (RGB) "
                        "and save it under a plain name like `0007.png` in a folder per label.")
     return True, (f"the copy has {len(result.items)} clean images in {len(result.classes)} classes, "
                   "and the original folder was only read.")
@@ -43,8 +43,6 @@ def check_clean_copy(answer) -> tuple[bool, str]:
 @exercise
 def check_labels_csv(answer) -> tuple[bool, str]:
     """06: a CheckResult of a CSV of file names and labels, written outside the image folder."""
-    from tlcourse import checker
-
     if not isinstance(answer, checker.CheckResult):
         return False, ("set `answer` to what `checker.check(csv_path, root=...)` returns. "
                        f"You gave a {type(answer).__name__}.")
@@ -67,8 +65,6 @@ def check_labels_csv(answer) -> tuple[bool, str]:
 @exercise
 def check_download_error(answer) -> tuple[bool, str]:
     """06: the DownloadError caught from a download that cannot work."""
-    from tlcourse import download
-
     if isinstance(answer, download.DownloadError):
         lines = str(answer).splitlines()
         return True, (f"caught it. The learner sees {len(lines)} short lines instead of a traceback, "

@@ -1,0 +1,121 @@
+"""The package's layout, checked: layers, lessons that do not import one another, settings
+passed down, and an import that changes nothing (docs/architecture.md describes the rules).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "tlcourse"
+
+#: Each module's layer: a module imports only from its own layer or the ones below.
+LAYERS = {
+    "settings": 0, "stats": 0,
+    "images": 1, "download": 1, "data": 1, "checker": 1,
+    "models": 2, "features": 2, "records": 2, "plots": 2,
+    "activations": 3, "training": 3, "experiments": 3, "curves": 3,
+    "exercises": 4, "notebooks": 4, "report": 4, "cli": 4,
+}
+#: The lesson modules (layer 3) and the lessons they belong to.
+LESSONS = {"activations": "01", "training": "03-04", "experiments": "05", "curves": "05"}
+#: Course tooling, which may read the settings itself (the notebooks do too).
+TOOLING = {"exercises", "notebooks", "report", "cli"}
+
+
+def _module(path: Path) -> str:
+    """``tlcourse/exercises/lesson05.py`` -> ``exercises``; ``tlcourse/data.py`` -> ``data``."""
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def _imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported tlcourse module, line, inside a function?) for every internal import of ``path``."""
+    tree = ast.parse(path.read_text())
+    inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for n in ast.walk(f) if n is not f}
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tlcourse":
+            names = [a.name for a in node.names] if node.module == "tlcourse" else [node.module.split(".")[1]]
+        elif isinstance(node, ast.Import):
+            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("tlcourse.")]
+        found += [(n, node.lineno, id(node) in inside) for n in names if n != "__version__"]
+    return found
+
+
+FILES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+
+
+def test_every_module_has_a_layer():
+    assert sorted({_module(p) for p in FILES} - set(LAYERS)) == [], \
+        "a new module needs a layer here and a line in docs/architecture.md"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_go_down_the_layers_and_never_across_lessons(path):
+    me = _module(path)
+    for other, line, _ in _imports(path):
+        if other == me:
+            continue
+        assert LAYERS[other] <= LAYERS[me], f"{path.name}:{line}: {me} (layer {LAYERS[me]}) imports " \
+                                            f"{other} (layer {LAYERS[other]})"
+        if me in LESSONS and other in LESSONS:
+            assert LESSONS[me] == LESSONS[other], f"{path.name}:{line}: lesson {LESSONS[me]}'s {me} " \
+                                                  f"imports lesson {LESSONS[other]}'s {other}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_internal_imports_inside_functions_say_why(path):
+    lines = path.read_text().splitlines()
+    for other, line, inside in _imports(path):
+        if inside:
+            said = lines[line - 1] + lines[line - 2]
+            assert "#" in said, f"{path.name}:{line}: import of {other} inside a function without " \
+                                "a comment saying why (a cycle, or a heavy import kept off the start)"
+
+
+def test_library_modules_are_passed_their_settings():
+    calls = {str(p.relative_to(PACKAGE)): p.read_text().count("get_settings(") for p in FILES
+             if _module(p) not in TOOLING and _module(p) != "settings"}
+    assert sum(calls.values()) <= 2, {k: v for k, v in calls.items() if v}
+
+
+STATE = """
+import json, random, warnings
+import numpy as np, torch, matplotlib, pandas, PIL.ImageFile
+import fastai.vision.all, timm  # third-party imports first: only tlcourse's own effect counts
+
+def state():
+    return {
+        "random": repr(random.getstate()), "numpy": repr(np.random.get_state()[1][:8].tolist()),
+        "numpy_pos": int(np.random.get_state()[2]), "torch": torch.get_rng_state().sum().item(),
+        "threads": torch.get_num_threads(), "dtype": str(torch.get_default_dtype()),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "grad": torch.is_grad_enabled(), "truncated": PIL.ImageFile.LOAD_TRUNCATED_IMAGES,
+        "backend": matplotlib.get_backend(), "rc": repr(sorted(matplotlib.rcParams.items()))[:100000],
+        "pandas": repr(pandas.get_option("display.max_rows")), "warnings": len(warnings.filters),
+    }
+
+before = state()
+import importlib, pkgutil, tlcourse, tlcourse.exercises
+for m in pkgutil.walk_packages(tlcourse.__path__, "tlcourse."):
+    importlib.import_module(m.name)
+tlcourse.exercises.lesson05  # the lazily found exercise modules too
+after = state()
+print(json.dumps({k: [before[k], after[k]] for k in before if before[k] != after[k]}))
+"""
+
+
+def test_importing_tlcourse_changes_no_global_state():
+    done = subprocess.run([sys.executable, "-c", STATE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    changed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert changed == {}, f"importing tlcourse changed: {sorted(changed)}"
