@@ -14,7 +14,7 @@ import torchvision
 from matplotlib.figure import Figure
 from PIL import Image
 
-from tlcourse import activations, exercises, models, plots
+from tlcourse import activations, exercises, hooks, models, plots
 
 SIZE = 64  # tiny inputs keep every forward pass fast
 
@@ -42,7 +42,7 @@ def image(seed: int = 0) -> torch.Tensor:
     return torch.randn(3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
 
 
-def hooks(model: torch.nn.Module) -> int:
+def n_hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) for m in model.modules())
 
 
@@ -54,42 +54,42 @@ def hooks(model: torch.nn.Module) -> int:
 ])
 def test_capture_records_detached_cpu_outputs_of_the_right_shape(request, name, layers, expected):
     model = request.getfixturevalue(name)
-    with activations.capture(model, layers) as acts:
+    with hooks.capture(model, layers) as acts:
         with torch.no_grad():
             model(image()[None])
     assert list(acts) == layers
     assert [tuple(acts[n].shape) for n in layers] == expected
     assert all(not t.requires_grad and t.device.type == "cpu" for t in acts.values())
-    assert hooks(model) == 0
+    assert n_hooks(model) == 0
 
 
 def test_capture_detaches_even_when_gradients_are_on(resnet):
-    with activations.capture(resnet, "layer1") as acts:
+    with hooks.capture(resnet, "layer1") as acts:
         resnet(image()[None])
     assert acts["layer1"].grad_fn is None
 
 
 def test_hooks_are_removed_when_the_block_raises(effnet):
     with pytest.raises(ZeroDivisionError):
-        with activations.capture(effnet, ["blocks.1", "blocks.2"]):
-            assert hooks(effnet) == 2
+        with hooks.capture(effnet, ["blocks.1", "blocks.2"]):
+            assert n_hooks(effnet) == 2
             1 / 0
-    assert hooks(effnet) == 0
+    assert n_hooks(effnet) == 0
     assert all(not m._forward_hooks for m in effnet.modules())
 
 
 def test_hooks_are_removed_when_the_forward_pass_fails(resnet):
     with pytest.raises(RuntimeError):
-        with activations.capture(resnet, ["layer1"]):
+        with hooks.capture(resnet, ["layer1"]):
             resnet(torch.zeros(1, 5, SIZE, SIZE))  # 5 channels: conv1 refuses
-    assert hooks(resnet) == 0
+    assert n_hooks(resnet) == 0
 
 
 def test_an_unknown_layer_is_a_clear_error_and_leaves_no_hooks(effnet, resnet):
     with pytest.raises(ValueError, match=r"no layer named 'block\.3'.*'blocks\.3'.*layer_names"):
-        with activations.capture(effnet, ["blocks.1", "block.3"]):
+        with hooks.capture(effnet, ["blocks.1", "block.3"]):
             pass
-    assert hooks(effnet) == 0
+    assert n_hooks(effnet) == 0
     with pytest.raises(ValueError, match=r"'conv1'"):  # lists valid names even without a close match
         activations.activations(resnet, image(), "nonsense")
 
@@ -117,7 +117,7 @@ def test_activations_preprocesses_a_pil_image_like_the_model_was_trained(resnet)
 # --- listing -----------------------------------------------------------------------
 
 def test_layer_table_lists_names_types_shapes_and_parameters(resnet):
-    table = activations.layer_table(resnet, (3, SIZE, SIZE), max_depth=1)
+    table = hooks.layer_table(resnet, (3, SIZE, SIZE), max_depth=1)
     assert isinstance(table, pd.DataFrame)
     assert list(table.columns) == ["name", "type", "output_shape", "params"]
     assert table["name"].tolist() == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
@@ -126,15 +126,15 @@ def test_layer_table_lists_names_types_shapes_and_parameters(resnet):
     assert row["type"] == "Sequential" and row["output_shape"] == (128, 8, 8)
     assert row["params"] == sum(p.numel() for p in resnet.layer2.parameters())
     assert table.set_index("name").loc["fc", "output_shape"] == (1000,)
-    assert hooks(resnet) == 0
+    assert n_hooks(resnet) == 0
 
 
 def test_layer_table_of_the_offline_backbone(effnet):
-    table = activations.layer_table(effnet, (3, SIZE, SIZE)).set_index("name")
+    table = hooks.layer_table(effnet, (3, SIZE, SIZE)).set_index("name")
     assert table.loc["blocks.4", "output_shape"] == (112, 4, 4)
     assert table.loc["classifier", "params"] == 1280 * 1000 + 1000
     assert all("." not in n or n.count(".") == 1 for n in table.index)  # max_depth=2
-    assert hooks(effnet) == 0
+    assert n_hooks(effnet) == 0
 
 
 def test_first_conv_finds_the_layer_that_sees_the_image(effnet, resnet):
@@ -229,7 +229,7 @@ def test_explore_builds_a_widget_and_a_static_figure_without_a_browser(effnet):
     controls["layer"].value = "blocks.3"  # redraws through the widget: must not fail
     controls["image"].value = "noise b"
     controls["order"].value = "channel index"
-    assert hooks(effnet) == 0
+    assert n_hooks(effnet) == 0
     with pytest.raises(ValueError, match="no layer named"):
         activations.explore(effnet, images, ["nope"])
     with pytest.raises(ValueError, match="at least one image"):
@@ -312,10 +312,10 @@ def test_batch_activations_stops_at_the_layer_and_matches_a_full_pass(effnet):
     full = activations.activations(effnet, batch, "blocks.2")["blocks.2"]
     assert maps.shape == full.shape == (3, 40, 8, 8)
     assert torch.allclose(maps, full, atol=1e-4, rtol=1e-4)
-    assert hooks(effnet) == 0
+    assert n_hooks(effnet) == 0
     with pytest.raises(ValueError, match="no layer named"):
         activations.batch_activations(effnet, batch, "blocks.99")
-    assert hooks(effnet) == 0
+    assert n_hooks(effnet) == 0
 
 
 def test_strongest_takes_each_image_once_at_its_peak():
@@ -355,7 +355,7 @@ def test_top_patches_cut_pixels_from_the_unnormalised_input(effnet):
     again = activations.top_patches(effnet, batch, "blocks.2", [5], k=1, patch=10,
                                     maps=activations.batch_activations(effnet, batch, "blocks.2"))
     assert again[5][0].shape == (3, 10, 10)
-    assert hooks(effnet) == 0
+    assert n_hooks(effnet) == 0
 
 
 def test_plot_top_patches_draws_one_row_per_channel_and_panel():

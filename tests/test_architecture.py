@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tlcourse"
 #: Each module's layer: a module imports only from its own layer or the ones below.
 LAYERS = {
     "settings": 0, "stats": 0,
-    "images": 1, "download": 1, "data": 1, "checker": 1,
-    "models": 2, "features": 2, "records": 2, "plots": 2,
+    "images": 1, "download": 1, "data": 1, "folders": 1,
+    "models": 2, "hooks": 2, "features": 2, "records": 2, "plots": 2,
     "activations": 3, "training": 3, "experiments": 3, "curves": 3,
     "exercises": 4, "notebooks": 4, "report": 4, "cli": 4,
 }
@@ -119,3 +119,28 @@ def test_importing_tlcourse_changes_no_global_state():
     assert done.returncode == 0, done.stderr[-3000:]
     changed = json.loads(done.stdout.strip().splitlines()[-1])
     assert changed == {}, f"importing tlcourse changed: {sorted(changed)}"
+
+
+def test_library_calls_leave_the_callers_random_state_alone():
+    import random
+
+    import numpy as np
+    import torch
+
+    from tlcourse import features, models
+
+    x, y = torch.randn(40, 8), torch.arange(40) % 2
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    before = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    features.train_linear_probe(x, y, x, y, epochs=2, seed=0)
+    features.pick_per_class(y, 3, seed=0)
+    with models.seeded(5):
+        inside = torch.rand(3)
+    with models.seeded(5):
+        assert torch.equal(torch.rand(3), inside), "a seeded block repeats"
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert (np.random.get_state()[1] == before[1]).all() and random.getstate() == before[2]
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == flags

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from tlcourse import checker, images
+from tlcourse import folders, images
 from tlcourse.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def state(root: Path) -> dict[str, tuple]:
     return out
 
 
-def kinds(result: checker.CheckResult) -> dict[str, list[str]]:
+def kinds(result: folders.Audit) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for issue in result.issues:
         found.setdefault(issue.kind, []).append(issue.path)
@@ -77,7 +77,7 @@ def test_train_folder_next_to_an_unlabelled_test_folder(tmp_path):
     classes(tmp_path, {"train/cat": 5, "train/dog": 5})
     for i in range(3):
         put(tmp_path, f"test/photo_{i}.jpg", picture("cat", 50 + i))
-    res = checker.check(tmp_path, min_per_class=1)
+    res = folders.audit(tmp_path, min_per_class=1)
     assert set(res.classes) == {"cat", "dog"}  # not train/test
     found = kinds(res)
     assert "test/" in found["not_a_class"] and found["random_valid"] == [""]
@@ -89,7 +89,7 @@ def test_train_and_valid_next_to_fastais_models_folder(tmp_path):
     classes(tmp_path, {"train/cat": 3, "train/dog": 3})
     classes(tmp_path, {"valid/cat": 1, "valid/dog": 1}, start=100)
     put(tmp_path, "models/stage-1.pth", b"PK\x03\x04" + bytes(100))
-    res = checker.check(tmp_path, min_per_class=1)
+    res = folders.audit(tmp_path, min_per_class=1)
     assert res.classes == {"cat": 4, "dog": 4}
     assert sorted(res.items.fname[res.items.is_valid]) == ["valid/cat/cat_0.jpg", "valid/dog/dog_0.jpg"]
     (detail,) = [i.detail for i in res.by_kind("not_a_class")]
@@ -97,12 +97,12 @@ def test_train_and_valid_next_to_fastais_models_folder(tmp_path):
     # a models/ folder next to plain class folders is no class either
     classes(tmp_path / "plain", {"cat": 2, "dog": 2})
     put(tmp_path / "plain", "models/stage-1.pth", b"x")
-    assert set(checker.check(tmp_path / "plain", min_per_class=1).classes) == {"cat", "dog"}
+    assert set(folders.audit(tmp_path / "plain", min_per_class=1).classes) == {"cat", "dog"}
 
 
 def test_no_validation_images_is_reported_and_the_lesson_line_copes(tmp_path):
     classes(tmp_path, {"cat": 1, "dog": 1})
-    res = checker.check(tmp_path, min_per_class=1)
+    res = folders.audit(tmp_path, min_per_class=1)
     assert res.by_kind("no_valid") and "accuracy cannot be measured" in res.summary()
     dls = res.dataloaders(get_settings(), size=32, bs=2, path=tmp_path / "work", device="cpu")
     assert len(dls.valid_ds) == 0
@@ -117,8 +117,8 @@ def test_no_validation_images_is_reported_and_the_lesson_line_copes(tmp_path):
 
 def test_folder_given_one_level_too_high(tmp_path):
     classes(tmp_path / "birds" / "birds", {"robin": 2, "wren": 2})
-    with pytest.raises(checker.FolderError, match="one level too high") as info:
-        checker.check(tmp_path / "birds")
+    with pytest.raises(folders.FolderError, match="one level too high") as info:
+        folders.audit(tmp_path / "birds")
     message = str(info.value)
     assert str(tmp_path / "birds" / "birds") in message and "robin/, wren/" in message
     assert "Add a subfolder" not in message
@@ -128,8 +128,8 @@ def test_train_and_valid_without_class_folders(tmp_path):
     for split in ("train", "valid"):
         for i in range(2):
             put(tmp_path, f"{split}/img_{i}.jpg", picture("cat", i))
-    with pytest.raises(checker.FolderError, match="no class subfolders") as info:
-        checker.check(tmp_path)
+    with pytest.raises(folders.FolderError, match="no class subfolders") as info:
+        folders.audit(tmp_path)
     assert "train/cats/" in str(info.value)
 
 
@@ -139,7 +139,7 @@ def test_train_and_valid_without_class_folders(tmp_path):
 def test_float_tiff_with_a_pixel_that_is_not_a_number(tmp_path, value):
     classes(tmp_path, {"cat": 2, "dog": 2})
     path = put(tmp_path, "cat/scan.tif", float_tiff(value))
-    res = checker.check(tmp_path, min_per_class=1)
+    res = folders.audit(tmp_path, min_per_class=1)
     assert res.left_out == ["cat/scan.tif"] and "cat/scan.tif" not in set(res.items.fname)
     assert "1 of 1600 pixels are NaN or infinite" in res.by_kind("bad_pixels")[0].detail
     with pytest.raises(images.ImageError, match="not numbers"):
@@ -153,7 +153,7 @@ def test_half_a_jpeg_is_caught_even_with_load_truncated_images(tmp_path, monkeyp
     whole = jpeg(picture("cat", 9, size=64))
     half = put(tmp_path, "cat/half.jpg", whole[: len(whole) // 2])
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # the forum "fix"
-    res = checker.check(tmp_path, min_per_class=1)
+    res = folders.audit(tmp_path, min_per_class=1)
     (issue,) = res.by_kind("unreadable")
     assert issue.path == "cat/half.jpg" and "truncated" in issue.detail
     assert "LOAD_TRUNCATED_IMAGES" in issue.detail
@@ -173,7 +173,7 @@ def test_csv_with_absolute_paths_loads_what_the_check_accepted(tmp_path):
             (str(elsewhere), "cat"), (str(tmp_path / "gone.jpg"), "dog")]
     csv = tmp_path / "labels.csv"
     pd.DataFrame(rows, columns=["fname", "label"]).to_csv(csv, index=False)
-    res = checker.check(csv, root=photos, min_per_class=1)
+    res = folders.audit(csv, root=photos, min_per_class=1)
     assert sorted(res.items.fname) == sorted(["cat/cat_0.jpg", "cat/cat_1.jpg", "dog/dog_0.jpg",
                                               "dog/dog_1.jpg", str(elsewhere)])
     assert [i.path for i in res.by_kind("missing")] == [str(tmp_path / "gone.jpg")]
@@ -191,7 +191,7 @@ def learner(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("predict") / "photos"
     classes(root, {"cat": 2, "dog": 2})
-    res = checker.check(root, min_per_class=1)
+    res = folders.audit(root, min_per_class=1)
     dls = res.dataloaders(get_settings(), size=32, bs=2, path=root.parent / "work", device="cpu")
     torch.manual_seed(0)
     return models.learner(dls, get_settings().arch)
@@ -274,7 +274,7 @@ def test_predict_gives_the_same_answer_for_every_input_type(learner, tmp_path):
 def test_export_loads_and_says_what_it_needs_where_tlcourse_is_missing(learner, tmp_path, monkeypatch):
     from fastai.learner import load_learner
 
-    path = checker.export(learner, tmp_path / "model.pkl")
+    path = folders.export(learner, tmp_path / "model.pkl")
     photo = put(tmp_path, "photo.png", picture("dog", 5))
     loaded = load_learner(path)
     with learner.no_bar(), loaded.no_bar():
@@ -283,14 +283,14 @@ def test_export_loads_and_says_what_it_needs_where_tlcourse_is_missing(learner, 
         monkeypatch.setitem(sys.modules, name, None)  # as on a machine without tlcourse
     with pytest.raises(KeyError) as info:
         load_learner(path)
-    assert "pip install tlcourse" in str(info.value) and info.value.args[0] == checker.LOADING_NEEDS
+    assert "pip install tlcourse" in str(info.value) and info.value.args[0] == folders.LOADING_NEEDS
 
 
 # --- 7. messages that said the wrong thing ------------------------------------------------------
 
 def test_unbalanced_classes_name_the_real_majority_baseline(tmp_path):
     classes(tmp_path, {"cat": 60, "dog": 12})
-    res = checker.check(tmp_path)
+    res = folders.audit(tmp_path)
     assert "No problems found" not in res.summary()
     (issue,) = res.by_kind("imbalance")
     assert "cat has 60 images, dog only 12" in issue.detail and "83%" in issue.detail
@@ -303,7 +303,7 @@ def test_heic_photo_says_which_plugin_reads_it(tmp_path):
     classes(tmp_path, {"cat": 2, "dog": 2})
     put(tmp_path, "cat/IMG_0001.HEIC", HEIC)
     put(tmp_path, "dog/IMG_0002.jpg", HEIC)  # an iPhone photo renamed .jpg
-    res = checker.check(tmp_path, min_per_class=1)
+    res = folders.audit(tmp_path, min_per_class=1)
     found = {i.path: i.detail for i in res.by_kind("needs_plugin")}
     assert set(found) == {"cat/IMG_0001.HEIC", "dog/IMG_0002.jpg"}
     assert all("pillow-heif" in d and "JPEG" in d for d in found.values())
@@ -313,8 +313,8 @@ def test_heic_photo_says_which_plugin_reads_it(tmp_path):
 def test_folder_error_in_jupyter_lists_what_it_refers_to(tmp_path):
     put(tmp_path, "cat/broken.jpg", b"")
     put(tmp_path, "dog/notes.jpg", b"hello")
-    with pytest.raises(checker.FolderError) as info:
-        checker.check(tmp_path)
+    with pytest.raises(folders.FolderError) as info:
+        folders.audit(tmp_path)
     assert "listed below" not in str(info.value)
     assert "cat/broken.jpg" in str(info.value) and "dog/notes.jpg" in str(info.value)
     shown = "\n".join(info.value._render_traceback_())
@@ -323,7 +323,7 @@ def test_folder_error_in_jupyter_lists_what_it_refers_to(tmp_path):
 
 def test_batch_size_one_is_refused_with_the_reason(tmp_path):
     classes(tmp_path, {"cat": 3, "dog": 3})
-    res = checker.check(tmp_path, min_per_class=1)
+    res = folders.audit(tmp_path, min_per_class=1)
     with pytest.raises(ValueError, match="BatchNorm"):
         res.dataloaders(get_settings(), size=32, bs=1, path=tmp_path / "work")
     dls = res.dataloaders(get_settings(), size=32, bs=64, path=tmp_path / "work", device="cpu")
@@ -352,7 +352,7 @@ def test_one_folder_with_every_fault_one_report_training_works_nothing_changed(t
     before = state(root)
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
 
-    res = checker.check(root, min_per_class=1)
+    res = folders.audit(root, min_per_class=1)
     report = res.summary()
     expected = {  # every problem, with what to do
         "not_a_class": ["models/", "test/"], "random_valid": [""], "imbalance": [""],
@@ -372,12 +372,12 @@ def test_one_folder_with_every_fault_one_report_training_works_nothing_changed(t
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(1)
     assert learn.validate()[1] is not None
-    exported = checker.export(learn, tmp_path / "model.pkl")
+    exported = folders.export(learn, tmp_path / "model.pkl")
     with learn.no_bar():
         label = load_learner(exported).predict(root / "train" / "cat" / "cat_0.jpg")[0]
     assert label in ("cat", "dog")
 
-    from_csv = checker.check(tmp_path / "absolute.csv", root=root, min_per_class=1)
+    from_csv = folders.audit(tmp_path / "absolute.csv", root=root, min_per_class=1)
     assert len(from_csv.items) == 8
     csv_dls = from_csv.dataloaders(get_settings(), size=32, bs=2, path=tmp_path / "work", device="cpu")
     assert all(csv_dls.train_ds[i][0].size == (40, 40) for i in range(len(csv_dls.train_ds)))

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from tlcourse import data, features, plots
+from tlcourse import data, features, hooks, plots
 from tlcourse.settings import get_settings
 
 SIZE = 32  # image size for the cache tests: tiny on purpose
@@ -95,13 +95,13 @@ def test_pretrained_identity_names_the_weight_file():
     assert "imagenet-sha256-" in model_id and len(model_id.split("-")[-1]) == 64
 
 
-def test_layers_around_cut_lists_stages_and_removes_its_hooks(random_body):
+def test_the_layers_around_the_cut_list_stages_and_remove_their_hooks(random_body):
     model, _ = random_body
-    table = features.layers_around_cut(model, SIZE)
-    assert list(table["layer"]) == ["conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool", "classifier"]
-    shapes = dict(zip(table["layer"], table["output shape"]))
-    assert shapes["bn2"] == (1, model.num_features, 1, 1)  # 32 px / 32 = one position
-    assert shapes["global_pool"] == (1, model.num_features)
+    table = hooks.layer_table(model, (3, SIZE, SIZE), max_depth=1)  # lesson 02's table
+    assert list(table["name"]) == ["conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool", "classifier"]
+    shapes = dict(zip(table["name"], table["output_shape"]))
+    assert shapes["bn2"] == (model.num_features, 1, 1)  # 32 px / 32 = one position
+    assert shapes["global_pool"] == (model.num_features,)
     assert all(not m._forward_hooks for m in model.modules())
 
 

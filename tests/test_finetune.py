@@ -18,7 +18,7 @@ from fastai.vision.all import ImageDataLoaders, Resize, load_learner, set_seed
 from matplotlib.figure import Figure
 from torch import nn
 
-from tlcourse import data, exercises, models, plots, records, stats, training
+from tlcourse import data, exercises, hooks, models, plots, records, stats, training
 from tlcourse.settings import get_settings
 
 SIZE = 32
@@ -278,10 +278,10 @@ def test_body_output_shape_and_vgg_head(dls, tmp_path):
     body = learn.model[0]
     body.train()
     before = body.model.bn1.running_mean.clone()
-    c, h, w = training.body_output_shape(body, SIZE)
+    c, h, w = hooks.body_output_shape(body, SIZE)
     assert body.training and torch.equal(before, body.model.bn1.running_mean)
     assert (c, h, w) == (body.model.num_features, SIZE // 32, SIZE // 32)
-    assert training.body_output_shape(body, 2 * SIZE)[1:] == (2 * SIZE // 32, 2 * SIZE // 32)
+    assert hooks.body_output_shape(body, 2 * SIZE)[1:] == (2 * SIZE // 32, 2 * SIZE // 32)
     head = training.vgg_head((c, h, w), 5)
     assert sum(p.numel() for p in head.parameters()) == c * h * w * 256 + 256 + 256 * 5 + 5
     assert [type(m) for m in head] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]

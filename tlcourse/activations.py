@@ -1,18 +1,14 @@
-"""What a network computes inside: activations of named layers, a layer listing, an explorer.
+"""What a network computes inside (lesson 01): activations of named layers, the patches a
+channel likes best, an explorer.
 
-Layers are named as ``model.named_modules()`` names them (``"blocks.3"`` in timm's
-EfficientNet, ``"layer2"`` in torchvision's ResNet), so the same code works for any
-PyTorch model.  :func:`capture` registers forward hooks for the duration of a
-``with`` block and always removes them, also when the block raises, so a model
-never keeps hidden hooks that slow it down or hold on to memory.  The figures
-(filters, feature-map grids) are in :mod:`tlcourse.plots`.
+The hooks that read a layer's output (``hooks.capture``) and the layer listing
+(``hooks.layer_table``) live in :mod:`tlcourse.hooks`; the figures (filters, feature-map
+grids) in :mod:`tlcourse.plots`.
 """
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,82 +16,11 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
-from tlcourse import plots
+
+from tlcourse import hooks, plots
 from tlcourse.models import preprocess
 
 ImageLike = Image.Image | torch.Tensor
-
-
-def layer_names(model: torch.nn.Module, max_depth: int | None = None) -> list[str]:
-    """Names of the model's sub-modules in forward-definition order (the root ``""`` left out).
-
-    ``max_depth=1`` keeps top-level names only (``"blocks"``), ``2`` also their
-    children (``"blocks.3"``), and so on; ``None`` keeps every name.
-    """
-    names = [name for name, _ in model.named_modules() if name]
-    if max_depth is not None:
-        names = [name for name in names if name.count(".") < max_depth]
-    return names
-
-
-def _modules(model: torch.nn.Module, layers: Sequence[str]) -> dict[str, torch.nn.Module]:
-    """The modules called ``layers``; a ValueError that lists valid names for a wrong one."""
-    found = dict(model.named_modules())
-    for name in layers:
-        if not isinstance(name, str) or not name or name not in found:
-            valid = layer_names(model)
-            close = difflib.get_close_matches(str(name), valid, n=3)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(
-                f"{type(model).__name__} has no layer named {name!r}.{hint} Valid names include "
-                f"{', '.join(map(repr, layer_names(model, max_depth=2)[:8]))}, ...; "
-                "activations.layer_names(model) lists them all.")
-    return {name: found[name] for name in layers}
-
-
-def _as_list(layers: str | Sequence[str]) -> list[str]:
-    return [layers] if isinstance(layers, str) else list(layers)
-
-
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    """A module's output tensor (the first one when it returns a tuple or list)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        return next((o for o in output if isinstance(o, torch.Tensor)), None)
-    return None
-
-
-@contextmanager
-def capture(model: torch.nn.Module, layers: str | Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the outputs of the named layers during the forward passes inside the block.
-
-    Yields a dict that fills up as the model runs: ``name -> output`` (detached, on
-    the CPU; the last call wins when a layer runs more than once).  The hooks are
-    removed when the block ends, normally or by an exception::
-
-        with capture(model, ["blocks.1", "blocks.5"]) as acts:
-            model(x)
-        acts["blocks.1"].shape
-    """
-    modules = _modules(model, _as_list(layers))
-    store: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def hook_for(name: str):
-        def hook(module, inputs, output):
-            tensor = _first_tensor(output)
-            if tensor is not None:
-                store[name] = tensor.detach().cpu()
-        return hook
-
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(hook_for(name)))
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def to_batch(model: torch.nn.Module, image: ImageLike) -> torch.Tensor:
@@ -116,11 +41,11 @@ def activations(model: torch.nn.Module, image: ImageLike,
 
     The model's train/eval mode is restored afterwards.
     """
-    names = _as_list(layers)
+    names = hooks.as_names(layers)
     was_training = model.training
     model.eval()
     try:
-        with capture(model, names) as store:
+        with hooks.capture(model, names) as store:
             model(to_batch(model, image))
     finally:
         model.train(was_training)
@@ -146,36 +71,6 @@ def similarity(model: torch.nn.Module, images: Mapping[str, ImageLike], layer: s
         outputs = torch.cat([activations(model, b, layer)[layer].flatten(1) for b in batches])
     unit = torch.nn.functional.normalize(outputs.float(), dim=1)
     return pd.DataFrame((unit @ unit.T).numpy(), index=list(images), columns=list(images))
-
-
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-@torch.no_grad()
-def layer_table(model: torch.nn.Module, input_size: Sequence[int] = (3, 224, 224),
-                max_depth: int | None = 2) -> pd.DataFrame:
-    """One row per layer: ``name``, ``type``, ``output_shape`` (one image, no batch
-    dimension) for an input of ``input_size``, and ``params`` (including sub-layers).
-
-    Runs one forward pass on zeros with temporary hooks (removed afterwards).
-    ``max_depth`` as in :func:`layer_names`; layers that do not run have no shape.
-    """
-    names = layer_names(model, max_depth)
-    modules = _modules(model, names)
-    was_training = model.training
-    model.eval()
-    try:
-        with capture(model, names) as store:
-            model(torch.zeros(1, *input_size))
-    finally:
-        model.train(was_training)
-    rows = [{"name": n, "type": type(m).__name__,
-             "output_shape": tuple(store[n].shape[1:]) if n in store else None,
-             "params": _count(m)} for n, m in modules.items()]
-    table = pd.DataFrame(rows, columns=["name", "type", "output_shape", "params"])
-    table.attrs["input_size"] = tuple(input_size)
-    return table
 
 
 def first_conv(model: torch.nn.Module) -> tuple[str, torch.nn.Conv2d]:
@@ -212,7 +107,7 @@ def batch_activations(model: torch.nn.Module, batch: torch.Tensor, layer: str,
     ``layer`` has run, so the layers above it cost nothing.  Hooks are removed
     afterwards and the model's train/eval mode is restored.
     """
-    module = _modules(model, [layer])[layer]
+    module = hooks.named_layers(model, [layer])[layer]
 
     def stop(module, inputs, output):
         raise _Reached
@@ -220,7 +115,7 @@ def batch_activations(model: torch.nn.Module, batch: torch.Tensor, layer: str,
     parts, was_training = [], model.training
     model.eval()
     try:
-        with capture(model, layer) as store:
+        with hooks.capture(model, layer) as store:
             handle = module.register_forward_hook(stop)  # runs after capture's hook
             try:
                 for i in range(0, len(batch), chunk):
@@ -329,8 +224,8 @@ def explore(model: torch.nn.Module, images: Mapping[str, ImageLike], layers: Seq
 
     if not images:
         raise ValueError("explore needs at least one image: pass a dict such as {'coffee': photo}.")
-    layers = _as_list(layers)
-    _modules(model, layers)  # fail early, with the list of valid names
+    layers = hooks.as_names(layers)
+    hooks.named_layers(model, layers)  # fail early, with the list of valid names
     cache: dict[str, dict[str, torch.Tensor]] = {}
 
     def maps_of(image: str, layer: str) -> torch.Tensor:

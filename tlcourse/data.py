@@ -38,6 +38,7 @@ from fastai.vision.all import (
     aug_transforms,
 )
 from PIL import Image
+
 from tlcourse import download
 from tlcourse.images import load_image
 from tlcourse.settings import Settings

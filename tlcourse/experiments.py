@@ -46,7 +46,6 @@ from fastai.vision.all import (
     Flatten,
     Learner,
     accuracy,
-    set_seed,
 )
 from torch import nn
 from tqdm.auto import tqdm
@@ -359,12 +358,11 @@ def scratch_learner(domain: str, per_class: int, seed: int, s: Settings,
                     valid: str = "valid", **kwargs) -> Learner:
     """A fastai ``Learner`` for the scratch CNN on ``per_class`` images a class held in memory.
 
-    The seed is set before the network and the loaders are made, so a run repeats.
+    Made inside ``models.seeded(seed)`` (as :func:`train_run` does), a run repeats exactly.
     ``valid`` names the split the learner validates on.
     """
     t = image_tensors(domain, s)
     idx = torch.from_numpy(train_positions(domain, per_class, seed, s))
-    set_seed(seed, reproducible=True)
     train_x, train_y = _as_float(t["train_x"][idx]), t["train_y"][idx]
     vx, vy = t[f"{valid}_x"], t[f"{valid}_y"]
     if valid == "valid":
@@ -442,7 +440,6 @@ def _train_head(run: Run, s: Settings) -> dict:
 
 def _train_network(run: Run, s: Settings) -> dict:
     size = network_size(run.domain, s)
-    set_seed(run.seed, reproducible=True)
     df = data.subsample(_table(run.domain, s), run.per_class, run.seed)
     valid = df[df.split == "valid"].reset_index(drop=True).iloc[curve_valid(run.domain, s)]
     df = pd.concat([df[df.split == "train"], valid])  # data.get_dls, with the curves' validation rows
@@ -476,12 +473,13 @@ def train_run(run: Run, s: Settings) -> dict:
     """Train ``run`` and return its result: test ``accuracy``, ``epochs``, ``seconds``,
     ``n_classes`` and (with ``curve``) one dict per epoch."""
     start = time.perf_counter()
-    if run.strategy == "scratch":
-        result = _train_scratch(run, s)
-    elif run.strategy == "head-only":
-        result = _train_head(run, s)
-    else:
-        result = _train_network(run, s)
+    with models.seeded(run.seed):
+        if run.strategy == "scratch":
+            result = _train_scratch(run, s)
+        elif run.strategy == "head-only":
+            result = _train_head(run, s)
+        else:
+            result = _train_network(run, s)
     result["seconds"] = time.perf_counter() - start
     result["n_train"] = int(len(train_positions(run.domain, run.per_class, run.seed, s)))
     return result

@@ -81,29 +81,6 @@ def backbone(pretrained: bool = True, seed: int = 0) -> tuple[nn.Module, str]:
     return model.eval(), model_identity(pretrained, seed)
 
 
-def layers_around_cut(model: nn.Module, image_size: int) -> pd.DataFrame:
-    """One row per top-level layer of ``model``: its type, output shape and parameter count.
-
-    Runs one blank image through the model with forward hooks (removed again
-    afterwards), so the table shows what each stage hands to the next.
-    """
-    rows: list[dict] = []
-    handles = []
-    for name, child in model.named_children():
-        def hook(module, inputs, output, name=name):
-            rows.append({"layer": name, "type": type(module).__name__,
-                         "output shape": tuple(output.shape),
-                         "parameters": sum(p.numel() for p in module.parameters())})
-        handles.append(child.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return pd.DataFrame(rows)
-
-
 # --- images and transforms ------------------------------------------------------
 
 def default_transform(model: nn.Module, image_size: int) -> Callable[[Image.Image], torch.Tensor]:
@@ -440,8 +417,9 @@ def _train_probe(train_x: torch.Tensor, train_y: torch.Tensor, valid_x: torch.Te
     mean, spread = _centre_spread(train_x.float())
     train_x, valid_x = _scale(train_x.float(), valid_x.float())
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    head = nn.Linear(train_x.shape[1], n_classes)
+    with torch.random.fork_rng(devices=[]):  # the head's first weights, without reseeding the caller
+        torch.manual_seed(seed)
+        head = nn.Linear(train_x.shape[1], n_classes)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     bs = batch_size or len(train_x)
     losses = []
@@ -474,15 +452,16 @@ def sklearn_probe(train_x: torch.Tensor, train_y: torch.Tensor, valid_x: torch.T
         return float(clf.score(valid_x.numpy(), valid_y.numpy()))
 
 
-def pick_per_class(y: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """Indices of ``k`` random examples of every class in ``y`` (fewer if a class has fewer)."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1 image per class, got {k}.")
+def pick_per_class(y: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``per_class`` random examples of every class in ``y`` (fewer if a class has
+    fewer), drawn with a generator of their own (the global random state is left alone)."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1 image per class, got {per_class}.")
     gen = torch.Generator().manual_seed(seed)
     picked = []
     for c in torch.unique(y):
         members = torch.nonzero(y == c).flatten()
-        picked.append(members[torch.randperm(len(members), generator=gen)[:k]])
+        picked.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
     return torch.cat(picked).sort().values
 
 
@@ -502,12 +481,12 @@ def probe_curve(feats: dict[str, Features], per_class: Sequence[int], seeds: Seq
     jobs = []
     for name, f in feats.items():
         smallest = int(torch.bincount(f.train_y).min())
-        sizes = sorted({k for k in per_class if k <= smallest} | ({smallest} if include_all else set()))
-        jobs += [(name, f, k, seed) for k in sizes for seed in seeds]
-    for name, f, k, seed in tqdm(jobs, desc="linear probes", disable=not progress):
-        idx = pick_per_class(f.train_y, k, seed)
+        sizes = sorted({n for n in per_class if n <= smallest} | ({smallest} if include_all else set()))
+        jobs += [(name, f, n, seed) for n in sizes for seed in seeds]
+    for name, f, n, seed in tqdm(jobs, desc="linear probes", disable=not progress):
+        idx = pick_per_class(f.train_y, n, seed)
         res = train_linear_probe(f.train_x[idx], f.train_y[idx], f.test_x, f.test_y, seed=seed, **probe_kwargs)
-        rows.append({"features": name, "per_class": k, "seed": seed, "accuracy": res.accuracy})
+        rows.append({"features": name, "per_class": n, "seed": seed, "accuracy": res.accuracy})
     return pd.DataFrame(rows)
 
 
@@ -597,7 +576,6 @@ def time_epochs(body: nn.Module, images: torch.Tensor, labels: torch.Tensor, bat
     """
     body = body.eval().to(device)
     images, labels = images.to(device), labels.to(device)
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if cached is None:
         with torch.no_grad():
@@ -606,7 +584,9 @@ def time_epochs(body: nn.Module, images: torch.Tensor, labels: torch.Tensor, bat
         raise ValueError(f"cached has {len(cached)} rows for {len(images)} images: pass the features "
                          "of exactly these images, in the same order.")
     cached = cached.to(device)
-    head = nn.Linear(cached.shape[1], int(labels.max()) + 1).to(device)
+    with torch.random.fork_rng(devices=[]):  # the head's first weights, without reseeding the caller
+        torch.manual_seed(seed)
+        head = nn.Linear(cached.shape[1], int(labels.max()) + 1).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=1e-3)
 
     def sync() -> None:

@@ -24,12 +24,15 @@ training recipe (:data:`RECIPE`, :func:`test_accuracy`).
 from __future__ import annotations
 
 import os
+import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import timm
 import torch
@@ -41,6 +44,7 @@ from fastai.vision.all import (
     TrainEvalCallback,
     accuracy,
     params,
+    set_seed,
     vision_learner,
 )
 from PIL import Image
@@ -48,6 +52,7 @@ from torch import nn
 
 from tlcourse import download
 from tlcourse.download import sha256_file
+from tlcourse.images import load_image
 from tlcourse.settings import OFFLINE_ARCH, arch_source, cache_dir, cache_error
 
 #: SHA-256 of ``efficientnet-lite0-57934424.pth`` as published in the PyPI package.
@@ -172,9 +177,10 @@ def imagenet_labels() -> list[str]:
 
 
 def preprocess(model: torch.nn.Module, image: Image.Image) -> torch.Tensor:
-    """A batch of one image, resized, cropped and normalised as the model was trained."""
+    """A batch of one image, opened by the course's loader (upright RGB, transparency on white),
+    then resized, cropped and normalised as the model was trained."""
     config = timm.data.resolve_data_config({}, model=model)
-    return timm.data.create_transform(**config)(image.convert("RGB")).unsqueeze(0)
+    return timm.data.create_transform(**config)(load_image(image)).unsqueeze(0)
 
 
 @torch.no_grad()
@@ -310,3 +316,20 @@ def test_accuracy(learn: Learner, test_df: pd.DataFrame) -> float:
     dl = learn.dls.test_dl(test_df, with_labels=True)
     with learn.no_bar():
         return float(learn.validate(dl=dl)[1])
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """fastai's ``set_seed(seed, reproducible=True)`` for the block only: a run inside repeats
+    exactly, and the caller's random state (Python, numpy, torch) and cudnn flags are put back
+    afterwards, so a library call never reseeds the notebook's generators."""
+    state = random.getstate(), np.random.get_state()
+    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        set_seed(seed, reproducible=True)
+        try:
+            yield
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags

@@ -165,24 +165,6 @@ def expected_lrs(lr: float | slice, n_groups: int) -> list[float]:
 
 
 @torch.no_grad()
-def body_output_shape(body: nn.Module, image_size: int) -> tuple[int, int, int]:
-    """(channels, height, width) of what ``body`` returns for one ``image_size`` image.
-
-    Found with one forward pass of a dummy image in eval mode (so BatchNorm's running
-    statistics are untouched); the body's training mode is restored afterwards.
-    """
-    was_training = body.training
-    device = next(body.parameters()).device
-    try:
-        out = body.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
-    finally:
-        body.train(was_training)
-    if out.ndim != 4:
-        raise ValueError(f"Expected the body to return a feature map (batch, channels, height, width), "
-                         f"got shape {tuple(out.shape)}.")
-    return tuple(int(v) for v in out.shape[1:])
-
-
 def vgg_head(in_shape: tuple[int, int, int], n_out: int, hidden: int = 256, p: float = 0.6) -> nn.Sequential:
     """The classic Keras VGG16 recipe as a PyTorch head: flatten the feature map, a dense
     layer of ``hidden`` units with ReLU, dropout ``p``, a dense output layer.
@@ -231,7 +213,7 @@ def gradual_unfreeze(learn: Learner, total_epochs: int, base_lr: float = 2e-3, f
             record.append(History.of(learn, names[n]))
 
 
-__all__ = ["body_output_shape", "expected_lrs",
+__all__ = ["expected_lrs",
            "four_groups", "gradual_schedule", "gradual_unfreeze",
            "group_lrs", "group_names", "param_summary", "params_by_layer_type", "set_lrs",
            "split_body", "vgg_head"]

@@ -60,10 +60,10 @@ def check_layer_output_shape(answer: Sequence[int]) -> tuple[bool, str]:
                        "(channels, height, width). Hint: `tuple(t.shape[1:])`.")
     if len(shape) != 3:
         return False, (f"give 3 numbers (channels, height, width), not {len(shape)}. Hint: "
-                       f"activations.layer_table(net) lists every layer's output shape.")
+                       f"hooks.layer_table(net) lists every layer's output shape.")
     if shape[0] != expected[0]:
         return False, (f"{LESSON01_LAYER!r} does not have {shape[0]} output channels. Hint: look up "
-                       f"the row {LESSON01_LAYER!r} of `activations.layer_table(net)`.")
+                       f"the row {LESSON01_LAYER!r} of `hooks.layer_table(net)`.")
     if shape[1:] != expected[1:]:
         return False, (f"the channels are right, the height and width are not: the input is "
                        f"{size}×{size} and every stride-2 stage halves it. Capture the layer "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tlcourse import models, training
+from tlcourse import hooks, models, training
 from tlcourse.exercises import exercise
 
 
@@ -44,7 +44,7 @@ def check_vgg_head_params(answer: int) -> tuple[bool, str]:
     from fastai.vision.learner import TimmBody
 
     body = TimmBody(models.create_model(pretrained=False, num_classes=0))  # as vision_learner cuts it
-    shape = training.body_output_shape(body, LESSON03_SIZE)
+    shape = hooks.body_output_shape(body, LESSON03_SIZE)
     head = training.vgg_head(shape, LESSON03_CLASSES)
     expected = sum(p.numel() for p in head.parameters())
     value = int(answer)
@@ -57,7 +57,7 @@ def check_vgg_head_params(answer: int) -> tuple[bool, str]:
         return False, "that is the first dense layer only; add the output layer (256 → 2, with biases)."
     if value == c * 256 + 256 + 256 * 2 + 2:
         return False, (f"that is the count for a 1×1 map, i.e. after pooling. A {LESSON03_SIZE}-px image "
-                       f"gives a {h}×{w} map: use `training.body_output_shape(body, {LESSON03_SIZE})`.")
+                       f"gives a {h}×{w} map: use `hooks.body_output_shape(body, {LESSON03_SIZE})`.")
     return False, (f"not quite. Hint: build the head with `training.vgg_head(shape, {LESSON03_CLASSES})` for "
                    f"the body's output shape at {LESSON03_SIZE} px and sum `p.numel()` over its "
                    "parameters; the weights of a dense layer are inputs × outputs, plus one bias per output.")

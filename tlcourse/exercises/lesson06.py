@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tlcourse import checker, download
+from tlcourse import folders, download
 from tlcourse.exercises import exercise
 
 
@@ -17,16 +17,16 @@ def check_clean_copy(answer) -> tuple[bool, str]:
     """06: the path of a cleaned copy of the folder (RGB images, plain names, no bad files)."""
     from pathlib import Path
 
-    if isinstance(answer, checker.CheckResult):
+    if isinstance(answer, folders.Audit):
         return False, ("that is a check result; set `answer` to the *folder* of your clean copy "
-                       "(a path), and the check will run the checker on it.")
+                       "(a path), and the check will audit it.")
     folder = Path(answer)
     if not folder.is_dir():
         return False, f"{folder} is not a folder. Hint: create it with `clean.mkdir(parents=True)`."
     try:
-        result = checker.check(folder, raise_on_error=False, progress=False)
-    except checker.FolderError as err:
-        return False, f"the checker could not read it: {err}"
+        result = folders.audit(folder, raise_on_error=False, progress=False)
+    except folders.FolderError as err:
+        return False, f"the audit could not read it: {err}"
     if not result.ok:
         return False, f"{result.issues[0].detail}"
     left = [i for i in result.issues if i.kind in _UNCLEAN]
@@ -42,9 +42,9 @@ def check_clean_copy(answer) -> tuple[bool, str]:
 
 @exercise
 def check_labels_csv(answer) -> tuple[bool, str]:
-    """06: a CheckResult of a CSV of file names and labels, written outside the image folder."""
-    if not isinstance(answer, checker.CheckResult):
-        return False, ("set `answer` to what `checker.check(csv_path, root=...)` returns. "
+    """06: a Audit of a CSV of file names and labels, written outside the image folder."""
+    if not isinstance(answer, folders.Audit):
+        return False, ("set `answer` to what `folders.audit(csv_path, root=...)` returns. "
                        f"You gave a {type(answer).__name__}.")
     if answer.source.suffix.lower() != ".csv":
         return False, ("this result comes from checking a folder, not a CSV. Write the CSV with "

@@ -1,4 +1,4 @@
-"""The folder checker: every bad case is reported by name, training skips it, nothing is changed."""
+"""The folder audit: every bad case is reported by name, training skips it, nothing is changed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from imaging import jpeg_bytes, picture, write
 from PIL import Image
 
-from tlcourse import checker, exercises, images
+from tlcourse import folders, exercises, images
 from tlcourse.settings import get_settings
 
 GOOD = {"cat": 12, "dog": 12, "bird": 3}
@@ -104,7 +104,7 @@ def bad_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(bad_folder):
-    return checker.check(bad_folder, max_listed=100)
+    return folders.audit(bad_folder, max_listed=100)
 
 
 def block(summary: str, title: str) -> list[str]:
@@ -122,7 +122,7 @@ def block(summary: str, title: str) -> list[str]:
 @pytest.mark.parametrize("rel,kind,text", CASES, ids=[c[0] for c in CASES])
 def test_every_bad_case_has_its_line(result, rel, kind, text):
     summary = result.summary()
-    lines = block(summary, checker.KINDS[kind].title)
+    lines = block(summary, folders.KINDS[kind].title)
     assert f"{rel}: {text}" in "\n".join(lines) or any(
         line.startswith(f"{rel}: ") and text in line for line in lines), (kind, lines)
 
@@ -146,7 +146,7 @@ def test_split_keeps_every_class_in_training(result):
     assert items.is_valid.dtype == bool
     for label, group in items.groupby("label"):
         assert (~group.is_valid).sum() >= 1 and group.is_valid.sum() >= 1, label
-    again = checker.check(result.source)  # the same seed gives the same split
+    again = folders.audit(result.source)  # the same seed gives the same split
     pd.testing.assert_frame_equal(again.items, items)
 
 
@@ -154,7 +154,7 @@ def test_training_skips_bad_files_and_changes_nothing(bad_folder, tmp_path):
     from tlcourse import models
 
     before = folder_state(bad_folder)
-    res = checker.check(bad_folder)
+    res = folders.audit(bad_folder)
     dls = res.dataloaders(get_settings(), size=32, bs=8, path=tmp_path / "work")
     assert len(dls.train_ds) + len(dls.valid_ds) == len(res.items)
     assert list(dls.vocab) == ["bird", "cat", "dog"]
@@ -166,7 +166,7 @@ def test_training_skips_bad_files_and_changes_nothing(bad_folder, tmp_path):
     for path in (bad_folder / "cat" / "sixteen.png", str(bad_folder / "dog" / "cmyk.jpg")):
         assert learn.predict(path)[0] in ("bird", "cat", "dog")  # odd modes, through the same loader
     assert folder_state(bad_folder) == before
-    assert checker.fingerprint(bad_folder) == checker.fingerprint(bad_folder)
+    assert folders.fingerprint(bad_folder) == folders.fingerprint(bad_folder)
 
 
 def test_html_report(result):
@@ -176,7 +176,7 @@ def test_html_report(result):
 
 
 def test_max_listed_shortens_the_text(bad_folder):
-    text = checker.check(bad_folder, max_listed=1).summary()
+    text = folders.audit(bad_folder, max_listed=1).summary()
     assert "... and 4 more" in text  # five unusual modes, one listed
 
 
@@ -212,14 +212,14 @@ def test_single_class_is_a_clear_error(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(5):
         write(tmp_path / "pics", f"cat/cat_{i}.jpg", picture("cat", rng))
-    with pytest.raises(checker.FolderError, match=r"Only one class \(cat, 5 images\)") as info:
-        checker.check(tmp_path / "pics")
+    with pytest.raises(folders.FolderError, match=r"Only one class \(cat, 5 images\)") as info:
+        folders.audit(tmp_path / "pics")
     assert "Add a subfolder" in str(info.value)
     shown = info.value._render_traceback_()
     assert shown[0] == f"FolderError: {info.value}" and "The full report:" in shown  # the report follows
     result = info.value.result
     assert not result.ok and "only one class" in result.summary()
-    with pytest.raises(checker.FolderError):
+    with pytest.raises(folders.FolderError):
         result.dataloaders(get_settings())
 
 
@@ -227,10 +227,10 @@ def test_no_usable_images_is_a_clear_error(tmp_path):
     write(tmp_path, "cat/broken.jpg", b"")
     write(tmp_path, "dog/notes.jpg", b"hello")
     (tmp_path / "bird").mkdir()
-    with pytest.raises(checker.FolderError, match="No usable images found") as info:
-        checker.check(tmp_path)
+    with pytest.raises(folders.FolderError, match="No usable images found") as info:
+        folders.audit(tmp_path)
     assert "2 files could not be used" in str(info.value)
-    result = checker.check(tmp_path, raise_on_error=False)
+    result = folders.audit(tmp_path, raise_on_error=False)
     assert not result.ok and "no usable images" in result.summary()
 
 
@@ -238,8 +238,8 @@ def test_images_directly_in_the_folder(tmp_path):
     rng = np.random.default_rng(2)
     for i in range(3):
         write(tmp_path, f"photo_{i}.jpg", picture("cat", rng))
-    with pytest.raises(checker.FolderError, match="not in class subfolders"):
-        checker.check(tmp_path)
+    with pytest.raises(folders.FolderError, match="not in class subfolders"):
+        folders.audit(tmp_path)
 
 
 def test_unreadable_files_do_not_stop_the_check(tmp_path):
@@ -251,7 +251,7 @@ def test_unreadable_files_do_not_stop_the_check(tmp_path):
     write(tmp_path, "dog/locked.jpg", picture("dog", rng))
     locked.chmod(0)
     try:
-        res = checker.check(tmp_path, min_per_class=1)
+        res = folders.audit(tmp_path, min_per_class=1)
     finally:
         locked.chmod(0o644)
     details = {i.path: i.detail for i in res.by_kind("unreadable")}
@@ -261,8 +261,8 @@ def test_unreadable_files_do_not_stop_the_check(tmp_path):
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(checker.FolderError, match="does not exist"):
-        checker.check(tmp_path / "nowhere")
+    with pytest.raises(folders.FolderError, match="does not exist"):
+        folders.audit(tmp_path / "nowhere")
 
 
 # --- other inputs ----------------------------------------------------------------------------
@@ -274,15 +274,15 @@ def test_csv_input(bad_folder, tmp_path):
             ("cat/._cat_001.jpg", "cat")]
     csv = tmp_path / "labels.csv"
     pd.DataFrame(rows, columns=["fname", "label"]).to_csv(csv, index=False)
-    res = checker.check(csv, root=bad_folder, min_per_class=2)
+    res = folders.audit(csv, root=bad_folder, min_per_class=2)
     assert sorted(res.items.fname) == ["cat/cat_001.jpg", "cat/cat_002.jpg", "dog/dog_002.jpg"]
     kinds = {(i.kind, i.path) for i in res.issues}
     assert {("duplicate_across", "dog/dog_003.jpg"), ("unreadable", "cat/zero.jpg"),
             ("missing", "cat/gone.jpg"), ("no_label", "dog/dog_004.jpg"),
             ("hidden", "cat/._cat_001.jpg")} <= kinds
     assert res.summary().startswith(f"Checked CSV {csv}")
-    with pytest.raises(checker.FolderError, match="no column 'file'"):
-        checker.check(csv, root=bad_folder, fname_col="file")
+    with pytest.raises(folders.FolderError, match="no column 'file'"):
+        folders.audit(csv, root=bad_folder, fname_col="file")
 
 
 def test_train_valid_layout(tmp_path):
@@ -291,7 +291,7 @@ def test_train_valid_layout(tmp_path):
                             ("valid", "dog", 1), ("valid", "bird", 1), ("test", "cat", 1)]:
         for i in range(n):
             write(tmp_path, f"{split}/{label}/{label}_{i}.jpg", picture(label, rng))
-    res = checker.check(tmp_path, min_per_class=1)
+    res = folders.audit(tmp_path, min_per_class=1)
     assert res.classes == {"cat": 5, "dog": 4}
     assert res.items.is_valid.sum() == 3
     assert {(i.kind, i.path) for i in res.issues} >= {("valid_only", "valid/bird/bird_0.jpg"),
@@ -301,20 +301,20 @@ def test_train_valid_layout(tmp_path):
 def test_demo_folder_has_every_kind_the_lesson_shows(tmp_path):
     from tlcourse import data
 
-    root = checker.make_demo_folder(tmp_path / "demo", per_class=12)
-    before = checker.fingerprint(root)
-    res = checker.check(root, min_per_class=2)
+    root = folders.make_demo_folder(tmp_path / "demo", per_class=12)
+    before = folders.fingerprint(root)
+    res = folders.audit(root, min_per_class=2)
     found = {i.kind for i in res.issues}
     assert found == {"unreadable", "needs_plugin", "bad_pixels", "duplicate_across", "duplicate_within",
                      "wrong_extension", "mode", "small", "odd_name", "imbalance", "hidden",
                      "not_a_class", "outside_class", "empty_class"}
-    assert set(res.classes) == {"cat", "dog"} and checker.fingerprint(root) == before
+    assert set(res.classes) == {"cat", "dog"} and folders.fingerprint(root) == before
     photos = {p.name: p.read_bytes() for p in data.pets_dir().glob("*.jpg")}
     copied = [p for p in (root / "cat").glob("*.jpg") if p.name in photos]
     assert len(copied) == 12 and all(p.read_bytes() == photos[p.name] for p in copied)  # real photos
     assert all(p.name[0].isupper() for p in copied)  # cat breeds only
     os.utime(copied[0], ns=(0, 0))  # touched, not rewritten: the fingerprint sees it too
-    assert checker.fingerprint(root) != before
+    assert folders.fingerprint(root) != before
 
 
 # --- exercises of notebook 06 ----------------------------------------------------------------
@@ -323,7 +323,7 @@ def test_check_clean_copy(bad_folder, tmp_path, capsys):
     assert exercises.check_clean_copy(...) is None
     assert exercises.check_clean_copy(bad_folder) is False
     assert "left out" in capsys.readouterr().out
-    res = checker.check(bad_folder)
+    res = folders.audit(bad_folder)
     clean = tmp_path / "clean"
     for i, row in enumerate(res.items.itertuples()):
         (clean / row.label).mkdir(parents=True, exist_ok=True)
@@ -335,17 +335,17 @@ def test_check_clean_copy(bad_folder, tmp_path, capsys):
 
 
 def test_check_labels_csv(bad_folder, tmp_path, capsys):
-    res = checker.check(bad_folder)
+    res = folders.audit(bad_folder)
     assert exercises.check_labels_csv(...) is None
     assert exercises.check_labels_csv(res) is False  # a folder check, not a CSV one
     assert "CSV" in capsys.readouterr().out
     outside = tmp_path / "labels.csv"
     res.items[["fname", "label"]].to_csv(outside, index=False)
-    assert exercises.check_labels_csv(checker.check(outside, root=bad_folder)) is True
+    assert exercises.check_labels_csv(folders.audit(outside, root=bad_folder)) is True
     inside = tmp_path / "copy"
     shutil.copytree(bad_folder, inside)
     res.items[["fname", "label"]].to_csv(inside / "labels.csv", index=False)
-    assert exercises.check_labels_csv(checker.check(inside / "labels.csv")) is False
+    assert exercises.check_labels_csv(folders.audit(inside / "labels.csv")) is False
     assert "inside" in capsys.readouterr().out
 
 

@@ -1,18 +1,18 @@
-"""Check a folder of images before training on it, and load what is usable.
+"""Audit a folder of images before training on it (lesson 06), and load what is usable.
 
 Real folders are messy: photos that stop half-way, files that are not images at
 all, a PNG saved with a ``.jpg`` name, grayscale scans next to colour photos,
 ``.DS_Store`` files, the same picture filed under two classes.  fastai would
 either stop with a long traceback in the middle of an epoch or, worse, train
-on them silently.  :func:`check` looks at every file once, before any training,
-and returns a :class:`CheckResult`: the usable images as a DataFrame plus one
+on them silently.  :func:`audit` looks at every file once, before any training,
+and returns an :class:`Audit`: the usable images as a DataFrame plus one
 readable report of everything it found.
 
 Two promises:
 
 * the user's files are only ever *read*: nothing is converted, renamed, moved
   or deleted.  Unusual colour modes are converted to RGB in memory each time
-  an image is loaded (:func:`load_image`);
+  an image is loaded (``images.load_image``, the course's one loader);
 * files that cannot be used are left out of training and listed, never
   dropped silently.
 
@@ -20,10 +20,6 @@ Input is either a folder with one subfolder per class (``photos/cats/*.jpg``,
 ``photos/dogs/*.jpg``; fastai's ``train/`` + ``valid/`` layout is recognised
 too, next to a ``test/`` or ``models/`` folder) or a CSV with a column of file
 names and a column of labels.
-
-One loader, :func:`load_image`, serves checking, training, feature extraction and
-prediction, so an image is prepared the same way whatever form it comes in (a path,
-bytes from an upload widget, a numpy array, a Pillow or fastai image).
 """
 
 from __future__ import annotations
@@ -85,7 +81,7 @@ LEFT_OUT, WARNING, IGNORED, FATAL = "left out", "warning", "ignored", "fatal"
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of problem: its line in the report and what the checker does about it."""
+    """One kind of problem: its line in the report and what the audit does about it."""
 
     title: str
     action: str
@@ -136,10 +132,10 @@ SECTIONS = ((FATAL, "✗✗ Cannot train"), (LEFT_OUT, "✗ Left out of training
 class FolderError(ValueError):
     """A folder (or CSV) that cannot be trained on; the message says why and what to do.
 
-    ``result`` holds the full :class:`CheckResult` when the check got that far.
+    ``result`` holds the full :class:`Audit` when the check got that far.
     """
 
-    def __init__(self, message: str, result: CheckResult | None = None):
+    def __init__(self, message: str, result: Audit | None = None):
         super().__init__(message)
         self.result = result
 
@@ -170,8 +166,8 @@ class Issue:
 
 
 @dataclass
-class CheckResult:
-    """What :func:`check` found: the usable images and every issue, ready to print.
+class Audit:
+    """What :func:`audit` found: the usable images and every issue, ready to print.
 
     ``items`` has one row per usable image: ``fname`` (relative to ``root``),
     ``label`` and ``is_valid``; ``items.attrs['path']`` is ``root``, as in
@@ -209,7 +205,7 @@ class CheckResult:
         return [i for i in self.issues if i.kind == kind]
 
     def issues_df(self) -> pd.DataFrame:
-        """Every issue as a table: kind, problem, file, detail, what the checker did."""
+        """Every issue as a table: kind, problem, file, detail, what the audit did."""
         rows = [dict(kind=i.kind, problem=i.title, file=i.path, detail=i.detail,
                      action=KINDS[i.kind].action) for i in self.issues]
         return pd.DataFrame(rows, columns=["kind", "problem", "file", "detail", "action"])
@@ -312,8 +308,8 @@ class CheckResult:
     def datablock(self, size: int, augment: bool = False) -> DataBlock:
         """The fastai ``DataBlock`` that :meth:`dataloaders` uses, for ``result.items``.
 
-        Images are opened by :func:`load_image` (``RGBImage``), file names are joined to
-        ``root`` exactly as the check joined them (:class:`ImagePath`), labels come from
+        Images are opened by ``images.load_image`` (``RGBImage``), file names are joined to
+        ``root`` exactly as the check joined them (``images.ImagePath``), labels come from
         the ``label`` column and the split from ``is_valid``.
         """
         return DataBlock(
@@ -324,7 +320,7 @@ class CheckResult:
 
     def dataloaders(self, settings: Settings, size: int | None = None, bs: int | None = None,
                     augment: bool = False, path: str | Path | None = None, **kwargs) -> DataLoaders:
-        """fastai ``DataLoaders`` over the usable images only, loaded as RGB by :func:`load_image`.
+        """fastai ``DataLoaders`` over the usable images only, loaded as RGB by ``images.load_image``.
 
         ``size`` and ``bs`` default to the mode's settings; ``bs`` shrinks to half the
         training images when there are fewer (at least two steps an epoch), never below 2.  ``path`` is where fastai will save
@@ -544,7 +540,7 @@ def _from_folder(root: Path, issues: list[Issue]) -> list[_Candidate]:
         elif entry.is_dir():
             dirs.append(entry)
         else:
-            hint = ("a CSV: pass its path to check() to use its labels"
+            hint = ("a CSV: pass its path to audit() to use its labels"
                     if entry.suffix.lower() == ".csv" else "not inside a class folder")
             issues.append(Issue("outside_class", entry.name, hint))
     split_of = {d: SPLIT_FOLDERS.get(d.name.lower(), "class") for d in dirs}
@@ -697,11 +693,11 @@ def _inspect(root: Path, candidates: list[_Candidate], progress: bool | None) ->
                          disable=not show))
 
 
-def check(source: str | Path, root: str | Path | None = None, *, min_side: int = 32,
+def audit(source: str | Path, root: str | Path | None = None, *, min_side: int = 32,
           max_side: int = 6000, min_per_class: int = 10, valid_pct: float = 0.2, seed: int = 0,
           fname_col: str | None = None, label_col: str | None = None, max_listed: int = 8,
           max_ratio: float = 2.0, progress: bool | None = None,
-          raise_on_error: bool = True) -> CheckResult:
+          raise_on_error: bool = True) -> Audit:
     """Check a folder of images (or a CSV of file names and labels) before training on it.
 
     ``source`` is a folder with one subfolder per class, or a ``.csv`` file whose
@@ -803,7 +799,7 @@ def check(source: str | Path, root: str | Path | None = None, *, min_side: int =
                                 f"(fewer than {min_per_class})"))
     _check_balance(items, issues, max_ratio)
     n_files = len(candidates) + sum(1 for i in issues if i.kind in ("hidden", "outside_class"))
-    result = CheckResult(source=source, root=base, items=items, issues=issues, n_files=n_files,
+    result = Audit(source=source, root=base, items=items, issues=issues, n_files=n_files,
                          params=dict(min_side=min_side, max_side=max_side, min_per_class=min_per_class,
                                      valid_pct=valid_pct, seed=seed, max_ratio=max_ratio),
                          max_listed=max_listed)
@@ -864,7 +860,7 @@ def _check_balance(items: pd.DataFrame, issues: list[Issue], max_ratio: float) -
                         "help most"))
 
 
-def _add_fatal(result: CheckResult) -> None:
+def _add_fatal(result: Audit) -> None:
     """Add the one issue that makes training impossible, with what to do about it."""
     where = result.source
     n_classes = len(result.classes)
@@ -898,7 +894,7 @@ def _add_fatal(result: CheckResult) -> None:
         names = ", ".join(d.name + "/" for d in inner_with_images[:4])
         detail = (f"Only one class folder ({label}) in {where}, and its images sit in subfolders "
                   f"({names}): the folder was probably given one level too high. Point the check "
-                  f"at {where / label} instead: checker.check({str(where / label)!r}).")
+                  f"at {where / label} instead: folders.audit({str(where / label)!r}).")
     else:
         detail = (f"Only one class ({label}, {n} images) has usable images in {where}; a classifier "
                   "needs at least two. Add a subfolder of images for each other class "
@@ -1004,7 +1000,7 @@ def export(learn, fname: str | Path = "export.pkl") -> Path:
     """``learn.export(fname)``, made so that loading it where tlcourse is missing says so.
 
     The file loads with fastai's ``load_learner`` wherever tlcourse is installed, and
-    prepares images exactly as training did (:func:`load_image`).  Without tlcourse,
+    prepares images exactly as training did (``images.load_image``).  Without tlcourse,
     ``load_learner`` stops with ``KeyError`` and :data:`LOADING_NEEDS` (instead of
     fastai's ``UnboundLocalError``).  A relative ``fname`` is inside ``learn.path``, as
     with fastai; nothing is written anywhere else.
