@@ -89,7 +89,8 @@ def test_library_modules_are_passed_their_settings():
 STATE = """
 import json, random, warnings
 import numpy as np, torch, matplotlib, pandas, PIL.ImageFile
-import fastai.vision.all, timm  # third-party imports first: only tlcourse's own effect counts
+import fastai.vision.all, timm, torchvision, nbconvert.preprocessors, nbclient, IPython.display  # third-party
+# imports first: only tlcourse's own effect counts (nbconvert, for one, adds a warnings filter)
 
 def state():
     return {

@@ -22,7 +22,7 @@ def test_there_are_lesson_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_follows_the_conventions(path):
     nb = nbformat.read(path, as_version=4)
-    assert notebooks.audit(nb, path.name) == []
+    assert notebooks.structure_problems(nb, path.name) == []
 
 
 def test_colab_badges_and_setup_cells_match_the_repository_setting():
@@ -35,7 +35,7 @@ def test_sync_colab_rewrites_badge_and_setup_for_a_fork(monkeypatch):
     assert notebooks.sync_colab(nb, NOTEBOOKS[0].name)
     assert "github/someone/fork/blob/main/notebooks/00_setup.ipynb" in nb.cells[0].source
     assert any("https://github.com/someone/fork" in c.source for c in nb.cells)
-    assert notebooks.audit(nb, NOTEBOOKS[0].name) == []
+    assert notebooks.structure_problems(nb, NOTEBOOKS[0].name) == []
     assert not notebooks.sync_colab(nb, NOTEBOOKS[0].name)  # idempotent
 
 
@@ -44,7 +44,7 @@ def test_audit_names_what_is_wrong():
     solution = next(i for i, c in enumerate(nb.cells) if "solution" in c.metadata.get("tags", []))
     del nb.cells[solution].metadata["jupyter"]
     nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="stale")]
-    problems = notebooks.audit(nb, NOTEBOOKS[0].name)
+    problems = notebooks.structure_problems(nb, NOTEBOOKS[0].name)
     assert any("not collapsed" in p for p in problems)
     assert any("stored with outputs" in p for p in problems)
 

@@ -40,7 +40,7 @@ from fastai.vision.all import (
 from PIL import Image
 
 from tlcourse import download
-from tlcourse.images import load_image
+from tlcourse.images import ImagePath, RGBImage, load_image
 from tlcourse.settings import Settings
 
 
@@ -288,8 +288,13 @@ def batch_size(n_train: int, settings: Settings, largest: int | None = None) -> 
 
 
 def datablock(path: str | Path, image_size: int, augment: bool = True) -> DataBlock:
-    """The course's ``DataBlock`` for an items table: images from ``path / fname``, labels from ``label``."""
-    return DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader("fname", pref=Path(path)),
+    """The course's one ``DataBlock`` for an items table (lessons and lesson 06's audited folders).
+
+    Images are ``path / fname`` (``images.ImagePath``: absolute names in a CSV too), opened
+    by the course's one loader (``images.RGBImage``), labels come from ``label`` and the
+    split from ``is_valid``.
+    """
+    return DataBlock(blocks=(ImageBlock(cls=RGBImage), CategoryBlock), get_x=ImagePath(path),
                      get_y=ColReader("label"), splitter=ColSplitter("is_valid"),
                      item_tfms=Resize(image_size),
                      batch_tfms=aug_transforms(size=image_size, min_scale=0.75) if augment else None)

@@ -36,20 +36,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fastai.vision.all import (
-    CategoryBlock,
-    ColReader,
-    ColSplitter,
-    DataBlock,
-    DataLoaders,
-    ImageBlock,
-    Resize,
-    aug_transforms,
-)
+from fastai.vision.all import DataBlock, DataLoaders
 from PIL import Image
 
-from tlcourse.data import batch_size, pets_dir
-from tlcourse.images import ImagePath, load_image, not_finite, RGBImage, strict_decoding, truncation_hint
+from tlcourse.data import batch_size, datablock, pets_dir
+from tlcourse.images import load_image, not_finite, strict_decoding, truncation_hint
 from tlcourse.settings import Settings
 
 
@@ -306,17 +297,10 @@ class Audit:
             raise FolderError(fatal[0].detail, result=self)
 
     def datablock(self, size: int, augment: bool = False) -> DataBlock:
-        """The fastai ``DataBlock`` that :meth:`dataloaders` uses, for ``result.items``.
-
-        Images are opened by ``images.load_image`` (``RGBImage``), file names are joined to
-        ``root`` exactly as the check joined them (``images.ImagePath``), labels come from
-        the ``label`` column and the split from ``is_valid``.
-        """
-        return DataBlock(
-            blocks=(ImageBlock(cls=RGBImage), CategoryBlock),
-            get_x=ImagePath(self.root), get_y=ColReader("label"),
-            splitter=ColSplitter("is_valid"), item_tfms=Resize(size),
-            batch_tfms=aug_transforms(size=size, min_scale=0.75) if augment else None)
+        """The fastai ``DataBlock`` that :meth:`dataloaders` uses for ``result.items``: the
+        course's one (``data.datablock``), its file names joined to ``root`` exactly as the
+        audit joined them."""
+        return datablock(self.root, size, augment)
 
     def dataloaders(self, settings: Settings, size: int | None = None, bs: int | None = None,
                     augment: bool = False, path: str | Path | None = None, **kwargs) -> DataLoaders:

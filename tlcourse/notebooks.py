@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import nbformat
+from nbconvert.preprocessors import ClearOutputPreprocessor, TagRemovePreprocessor
 
 #: GitHub ``owner/name`` of the course; a fork changes this line and runs ``tlcourse colab``.
 REPOSITORY = "tlcourse/tlcourse"
@@ -64,7 +65,7 @@ def sync_colab(nb, name: str) -> bool:
     return changed
 
 
-def audit(nb, name: str) -> list[str]:
+def structure_problems(nb, name: str) -> list[str]:
     """Everything about ``nb`` that breaks the course's conventions (empty list: none)."""
     problems = []
     if not nb.cells or nb.cells[0].cell_type != "markdown" or not nb.cells[0].source.startswith("# "):
@@ -109,12 +110,12 @@ def _audit_exercises(nb) -> list[str]:
 
 
 def student_copy(nb):
-    """A copy of ``nb`` without solution cells and without outputs; all else identical."""
+    """A copy of ``nb`` without solution cells and without outputs; all else identical
+    (nbconvert's ``TagRemovePreprocessor`` and ``ClearOutputPreprocessor``)."""
     out = copy.deepcopy(nb)
-    out.cells = [c for c in out.cells if SOLUTION_TAG not in _tags(c)]
-    for cell in out.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
+    resources: dict = {}
+    out, resources = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}).preprocess(out, resources)
+    out, _ = ClearOutputPreprocessor().preprocess(out, resources)
     return out
 
 
