@@ -18,7 +18,8 @@ import platform
 import pandas as pd
 import torch
 
-from tlcourse import data, features
+from tlcourse import data
+from tlcourse.models import features
 from tlcourse.settings import get_settings
 
 SEED = 0

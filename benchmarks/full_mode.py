@@ -31,7 +31,8 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from tlcourse import data, images, settings
+from tlcourse import data, settings
+from tlcourse.data import images
 
 PETS_IMAGES = 7390
 SPLIT = {"train": 0.7, "valid": 0.1, "test": 0.2}

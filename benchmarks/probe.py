@@ -25,7 +25,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tlcourse import data, features
+from tlcourse import data
+from tlcourse.models import features
 from tlcourse.settings import get_settings
 
 SEEDS = (100, 101, 102)

@@ -21,8 +21,9 @@ import pandas as pd
 import torch
 from fastai.vision.all import set_seed
 
-from tlcourse import data, features, models
-from tlcourse.images import load_image
+from tlcourse import data, models
+from tlcourse.data.images import load_image
+from tlcourse.models import features
 from tlcourse.settings import get_settings
 
 

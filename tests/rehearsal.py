@@ -112,7 +112,8 @@ def weights_file(arch: str, target: Path) -> Path:
 
 def build_mirror(folder: Path, archs: list[str]) -> Path:
     """Write the mirror (data, weights of ``archs``, manifest) into ``folder``; return it."""
-    from tlcourse import download, settings
+    from tlcourse import settings
+    from tlcourse.data import download
 
     manifest = {}
     archive = pets_archive(folder / "data" / download.PETS.filename)

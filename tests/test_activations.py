@@ -14,7 +14,8 @@ import torchvision
 from matplotlib.figure import Figure
 from PIL import Image
 
-from tlcourse import activations, exercises, hooks, models, plots
+from tlcourse import activations, exercises, models, plots
+from tlcourse.models import hooks
 
 SIZE = 64  # tiny inputs keep every forward pass fast
 

@@ -28,9 +28,30 @@ LESSONS = {"activations": "01", "training": "03-04", "experiments": "05", "curve
 TOOLING = {"exercises", "notebooks", "report", "cli"}
 
 
+#: The sub-packages: a module inside one is named by its file (``data/images.py``: ``images``),
+#: the package's own ``__init__.py`` by the package (``data``).
+PACKAGES = ("data", "models")
+
+
 def _module(path: Path) -> str:
-    """``tlcourse/exercises/lesson05.py`` -> ``exercises``; ``tlcourse/data.py`` -> ``data``."""
-    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    """``tlcourse/data/images.py`` -> ``images``; ``tlcourse/data/__init__.py`` -> ``data``;
+    ``tlcourse/exercises/lesson05.py`` -> ``exercises``; ``tlcourse/stats.py`` -> ``stats``."""
+    parts = path.relative_to(PACKAGE).parts
+    if parts[0] in PACKAGES and len(parts) > 1:
+        return parts[0] if parts[-1] == "__init__.py" else parts[-1].removesuffix(".py")
+    return parts[0].removesuffix(".py")
+
+
+def _targets(module: str, names: list[str]) -> list[str]:
+    """The tlcourse modules that ``from <module> import <names>`` reads."""
+    parts = module.split(".")
+    if len(parts) == 1:  # from tlcourse import data, stats
+        return names
+    if len(parts) >= 3:  # from tlcourse.data.images import load_image
+        return [parts[2]]
+    if parts[1] in PACKAGES:  # from tlcourse.data import images, batch_size
+        return [n if n in LAYERS else parts[1] for n in names]
+    return [parts[1]]
 
 
 def _imports(path: Path) -> list[tuple[str, int, bool]]:
@@ -40,12 +61,12 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
               for n in ast.walk(f) if n is not f}
     found = []
     for node in ast.walk(tree):
-        names = []
+        targets = []
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tlcourse":
-            names = [a.name for a in node.names] if node.module == "tlcourse" else [node.module.split(".")[1]]
+            targets = _targets(node.module, [a.name for a in node.names])
         elif isinstance(node, ast.Import):
-            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("tlcourse.")]
-        found += [(n, node.lineno, id(node) in inside) for n in names if n != "__version__"]
+            targets = [_targets(a.name, [])[0] for a in node.names if a.name.startswith("tlcourse.")]
+        found += [(t, node.lineno, id(node) in inside) for t in targets if t != "__version__"]
     return found
 
 
@@ -128,7 +149,8 @@ def test_library_calls_leave_the_callers_random_state_alone():
     import numpy as np
     import torch
 
-    from tlcourse import features, models
+    from tlcourse import models
+    from tlcourse.models import features
 
     x, y = torch.randn(40, 8), torch.arange(40) % 2
     torch.manual_seed(123)

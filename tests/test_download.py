@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlcourse import data, download, settings
+from tlcourse import data, settings
+from tlcourse.data import download
 from tlcourse.settings import get_settings
 
 BREEDS = ("Abyssinian", "Bengal", "beagle", "pug")

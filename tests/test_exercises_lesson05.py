@@ -2,7 +2,7 @@
 
 import pytest
 
-from tlcourse import experiments, exercises, models
+from tlcourse import exercises, experiments, models
 from tlcourse.exercises import lesson05
 from tlcourse.settings import get_settings
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tlcourse import cli, download, models, settings
+from tlcourse import cli, models, settings
+from tlcourse.data import download
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from tlcourse import folders, images
+from tlcourse.data import folders, images
 from tlcourse.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent

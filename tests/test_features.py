@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from tlcourse import data, features, hooks, plots
+from tlcourse import data, plots
+from tlcourse.models import features, hooks
 from tlcourse.settings import get_settings
 
 SIZE = 32  # image size for the cache tests: tiny on purpose

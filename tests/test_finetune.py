@@ -18,7 +18,8 @@ from fastai.vision.all import ImageDataLoaders, Resize, load_learner, set_seed
 from matplotlib.figure import Figure
 from torch import nn
 
-from tlcourse import data, exercises, hooks, models, plots, records, stats, training
+from tlcourse import data, exercises, models, plots, stats, training
+from tlcourse.models import hooks, records
 from tlcourse.settings import get_settings
 
 SIZE = 32

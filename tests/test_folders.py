@@ -13,7 +13,8 @@ import pytest
 from imaging import jpeg_bytes, picture, write
 from PIL import Image
 
-from tlcourse import folders, exercises, images
+from tlcourse import exercises
+from tlcourse.data import folders, images
 from tlcourse.settings import get_settings
 
 GOOD = {"cat": 12, "dog": 12, "bird": 3}
@@ -350,7 +351,7 @@ def test_check_labels_csv(bad_folder, tmp_path, capsys):
 
 
 def test_check_download_error(capsys):
-    from tlcourse import download
+    from tlcourse.data import download
 
     err = download.DownloadError("x.tgz", "no network")
     assert exercises.check_download_error(...) is None

@@ -13,7 +13,8 @@ import pytest
 import timm
 import torch
 
-from tlcourse import activations, data, exercises, images, models
+from tlcourse import activations, data, exercises, models
+from tlcourse.data import images
 from tlcourse.settings import get_settings
 
 CAT_CLASSES, DOG_CLASSES = range(281, 286), range(151, 269)

@@ -118,7 +118,10 @@ def test_smoke_scale_is_full_mode_shrunk(monkeypatch):
     s = settings.get_settings()
     full = replace(s, scale="full")
     assert (s.mode, s.scale, s.dataset, s.arch) == ("full", "smoke", "pets", settings.FULL_ARCH)
-    assert s.image_size <= 64 and s.per_class <= 2 and len(s.seeds) >= 2 and full.num_workers == s.num_workers
+    assert s.image_size <= 64 and s.per_class <= 2 and full.num_workers == s.num_workers
+    # one seed and a few images a class: the rehearsal tests full mode's code path, quick mode the
+    # comparisons over seeds
+    assert s.seeds == (0,) and s.max_per_class is not None
     assert "SMOKE" in str(s)
     monkeypatch.setenv("TLCOURSE_SCALE", "tiny")
     with pytest.raises(ValueError, match="full, smoke"):

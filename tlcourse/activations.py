@@ -17,8 +17,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from tlcourse import hooks, plots
-from tlcourse.models import preprocess
+from tlcourse import plots
+from tlcourse.models import hooks, preprocess
 
 ImageLike = Image.Image | torch.Tensor
 

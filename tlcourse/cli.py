@@ -143,7 +143,8 @@ def cache_contents(cache: Path) -> list[tuple[str, int, int]]:
 
 def _mode_needs(s) -> list[tuple[str, str]]:
     """(what, state) for everything the current mode uses: weights and data sets."""
-    from tlcourse import download, models, settings  # torch and fastai: kept off the start of `tlcourse --help`
+    from tlcourse import models, settings  # torch and fastai: kept off the start of `tlcourse --help`
+    from tlcourse.data import download  # torch and fastai: kept off the start of `tlcourse --help`
 
     rows = []
     source, name = settings.arch_source(s.arch)
@@ -170,7 +171,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     cached, and what full mode would download."""
     import torch
 
-    from tlcourse import download, settings  # torch and fastai: kept off the start of `tlcourse --help`
+    from tlcourse import settings  # torch and fastai: kept off the start of `tlcourse --help`
+    from tlcourse.data import download  # torch and fastai: kept off the start of `tlcourse --help`
 
     settings.check_versions()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
@@ -212,7 +214,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
     """Download everything full mode needs, ahead of a workshop."""
-    from tlcourse import download, settings  # torch and fastai: kept off the start of `tlcourse --help`
+    from tlcourse import settings  # torch and fastai: kept off the start of `tlcourse --help`
+    from tlcourse.data import download  # torch and fastai: kept off the start of `tlcourse --help`
 
     try:
         download.prefetch(args.what or download.default_names(settings.full_arch()))

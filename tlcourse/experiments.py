@@ -50,8 +50,9 @@ from fastai.vision.all import (
 from torch import nn
 from tqdm.auto import tqdm
 
-from tlcourse import data, features, models, records, stats
-from tlcourse.images import load_image
+from tlcourse import data, models, stats
+from tlcourse.data.images import load_image
+from tlcourse.models import features, records
 from tlcourse.settings import Settings
 
 STRATEGIES = ("scratch", "head-only", "fine-tune", "freeze")

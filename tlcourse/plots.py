@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from tlcourse.records import History
+from tlcourse.models.records import History
 
 
 # --- activations / lesson 01 -------------------------------------------------------

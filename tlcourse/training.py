@@ -22,7 +22,7 @@ from fastai.vision.all import Learner
 from torch import nn
 
 from tlcourse.models import body_groups
-from tlcourse.records import History
+from tlcourse.models.records import History
 
 
 # --- layer groups -------------------------------------------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tlcourse import data, images, models
+from tlcourse import data, models
+from tlcourse.data import images
 from tlcourse.exercises import exercise
 from tlcourse.settings import get_settings
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tlcourse import hooks, models, training
+from tlcourse import models, training
 from tlcourse.exercises import exercise
+from tlcourse.models import hooks
 
 
 #: Exercise 2 of 03_head_only: a VGG-style head for this image size and number of classes.

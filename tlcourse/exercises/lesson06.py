@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tlcourse import folders, download
+from tlcourse.data import download, folders
 from tlcourse.exercises import exercise
 
 

@@ -41,7 +41,7 @@ from PIL import Image
 from torch import nn
 
 from tlcourse import data, models, stats
-from tlcourse.images import load_image
+from tlcourse.data.images import load_image
 from tlcourse.settings import OFFLINE_ARCH, Settings, cache_dir
 
 #: Bump when the layout of a cache file changes; old files are then recomputed.

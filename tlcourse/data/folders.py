@@ -40,7 +40,7 @@ from fastai.vision.all import DataBlock, DataLoaders
 from PIL import Image
 
 from tlcourse.data import batch_size, datablock, pets_dir
-from tlcourse.images import load_image, not_finite, strict_decoding, truncation_hint
+from tlcourse.data.images import load_image, not_finite, strict_decoding, truncation_hint
 from tlcourse.settings import Settings
 
 

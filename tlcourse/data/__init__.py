@@ -39,8 +39,8 @@ from fastai.vision.all import (
 )
 from PIL import Image
 
-from tlcourse import download
-from tlcourse.images import ImagePath, RGBImage, load_image
+from tlcourse.data import download
+from tlcourse.data.images import ImagePath, RGBImage, load_image
 from tlcourse.settings import Settings
 
 

@@ -50,9 +50,9 @@ from fastai.vision.all import (
 from PIL import Image
 from torch import nn
 
-from tlcourse import download
-from tlcourse.download import sha256_file
-from tlcourse.images import load_image
+from tlcourse.data import download
+from tlcourse.data.download import sha256_file
+from tlcourse.data.images import load_image
 from tlcourse.settings import OFFLINE_ARCH, arch_source, cache_dir, cache_error
 
 #: SHA-256 of ``efficientnet-lite0-57934424.pth`` as published in the PyPI package.
