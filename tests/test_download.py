@@ -289,6 +289,18 @@ def test_a_mirrors_own_checksums_replace_the_published_ones(env, server, monkeyp
         download.fetch("pets", progress=False)
 
 
+def test_a_broken_checksums_file_is_named_with_what_to_do(env, monkeypatch):
+    listed = env / "checksums.json"
+    for content in ("not json", json.dumps({download.PETS.filename: {"size": 1}})):
+        listed.write_text(content)
+        monkeypatch.setenv("TLCOURSE_CHECKSUMS", str(listed))
+        with pytest.raises(ValueError, match="TLCOURSE_CHECKSUMS=.*unset TLCOURSE_CHECKSUMS"):
+            download.resource("pets")
+    monkeypatch.setenv("TLCOURSE_CHECKSUMS", str(env / "missing.json"))
+    with pytest.raises(ValueError, match="missing.json"):
+        download.resource("pets")
+
+
 def test_archive_that_cannot_be_unpacked_is_deleted(env, server, monkeypatch):
     not_a_tar = gzip.compress(b"a whole gzip stream, but no tar archive inside " * 100)
     server.files["oxford-iiit-pet.tgz"] = not_a_tar

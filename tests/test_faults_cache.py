@@ -60,7 +60,7 @@ def test_converting_in_a_cache_that_cannot_be_written_names_the_folder(fresh_cac
     def denied(*args, **kwargs):  # what a read-only folder answers (tests may run as root)
         raise PermissionError(13, "Permission denied", str(fresh_cache / "weights"))
 
-    monkeypatch.setattr(models.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(models, "atomic_path", denied)  # the first write into the cache
     with pytest.raises(settings.CacheError, match="Permission denied"):
         models.weights_path()
 

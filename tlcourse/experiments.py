@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from tlcourse import data, models, stats
 from tlcourse.data.images import load_image
 from tlcourse.models import features, records
-from tlcourse.settings import Settings
+from tlcourse.settings import Settings, atomic_path
 
 STRATEGIES = ("scratch", "head-only", "fine-tune", "freeze")
 #: Bump when what a run computes changes; old results are then trained again.
@@ -207,10 +207,8 @@ def load_result(run: Run, s: Settings) -> dict | None:
 def save_result(run: Run, s: Settings, result: dict) -> Path:
     """Write atomically: an interrupted run never leaves a half-written file."""
     path = result_path(run, s)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": run_key(run, s), "result": result}))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"key": run_key(run, s), "result": result}))
     return path
 
 
@@ -284,10 +282,8 @@ def image_tensors(domain: str, s: Settings) -> dict:
                              for f in part["fname"]])
             y = torch.tensor([classes.index(str(v)) for v in part["label"]])
         out[f"{split}_x"], out[f"{split}_y"] = x.contiguous(), y
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(out, tmp)
     return out
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import difflib
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -139,6 +142,24 @@ def writable(folder: Path) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name next to ``path`` to write to: moved onto ``path`` in one step when the
+    block ends, deleted when it raises.
+
+    Every cache of the course (results, features, tensors, resized photos, converted weights,
+    downloads) writes through here, so an interrupted write never leaves a half file under the
+    real name, and two processes (or threads) never share a temporary name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def arch_source(arch: str) -> tuple[str, str]:

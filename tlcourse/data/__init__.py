@@ -41,7 +41,7 @@ from PIL import Image
 
 from tlcourse.data import download
 from tlcourse.data.images import ImagePath, RGBImage, load_image
-from tlcourse.settings import Settings
+from tlcourse.settings import Settings, atomic_path
 
 
 #: Data set name -> what it is.  ``cats_dogs``, ``pet_breeds`` and ``fashion`` ship with the package.
@@ -181,9 +181,8 @@ def _resize_one(source: Path, target: Path, short_side: int) -> None:
     if scale < 1:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                          Image.Resampling.LANCZOS)
-    tmp = target.with_name(target.name + ".tmp")
-    img.save(tmp, format="JPEG", quality=90)
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        img.save(tmp, format="JPEG", quality=90)
 
 
 def resized_copy(root: Path, files: list[str], short_side: int, cache: Path, workers: int = 1,

