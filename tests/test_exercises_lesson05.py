@@ -9,7 +9,7 @@ from tlcourse.settings import get_settings
 
 @pytest.fixture(scope="module")
 def gap():
-    df = experiments.run_grid(lesson05.size_gap_runs(), get_settings(), progress=False)
+    df = experiments.run_grid(lesson05.size_gap_runs(get_settings()), get_settings(), progress=False)
     means = df.groupby("strategy")["accuracy"].mean()
     return float(means["head-only"] - means["scratch"])
 
@@ -24,7 +24,7 @@ def test_new_size_gap(gap, capsys):
 
 
 def test_freeze_depth(capsys):
-    df = experiments.run_grid(lesson05.freeze_runs(), get_settings(), progress=False)
+    df = experiments.run_grid(lesson05.freeze_runs(get_settings()), get_settings(), progress=False)
     mean = float(df["accuracy"].mean())
     assert exercises.check_freeze_depth({"predicted": 0.8, "measured": mean}) is True
     assert "groups frozen" in capsys.readouterr().out

@@ -61,11 +61,6 @@ def all_checks() -> dict[str, Callable[[Any], bool | None]]:
     return dict(_CHECKS)
 
 
-def close(value: float, target: float, tol: float) -> bool:
-    return abs(float(value) - float(target)) <= tol
-
-
-
 LESSONS = ("lesson00", "lesson01", "lesson02", "lesson03", "lesson04", "lesson05", "lesson06")
 
 

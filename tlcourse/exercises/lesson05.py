@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tlcourse import experiments, models
 from tlcourse.exercises import exercise
-from tlcourse.settings import get_settings
+from tlcourse.settings import Settings, get_settings
 
 
 #: Exercise 1: head-only minus scratch on the far domain at a size the sweep skips.
@@ -25,22 +25,21 @@ def _prediction_and_measurement(answer) -> tuple[float, float]:
     return float(answer["predicted"]), float(answer["measured"])
 
 
-def size_gap_runs():
+def size_gap_runs(s: Settings):
     """The runs of exercise 1: head-only and scratch on the far domain at ``NEW_SIZE`` a class."""
-    s = get_settings()
     size = min(NEW_SIZE, s.max_per_class or NEW_SIZE)  # the dress rehearsal has a few images a class
     return experiments.grid([s.far_dataset], ["head-only", "scratch"], [size], s.seeds)
 
 
-def freeze_runs():
+def freeze_runs(s: Settings):
     """The runs of exercise 2: ``NEW_DEPTH`` groups frozen on the near domain, at the sweep's size."""
-    s = get_settings()
     n = experiments.freeze_plan(s)["sizes"][s.dataset]
     return experiments.grid([s.dataset], ["freeze"], [n], s.seeds, frozen=[NEW_DEPTH])
 
 
 def _measured_gap() -> float:
-    df = experiments.run_grid(size_gap_runs(), get_settings(), progress=False)
+    s = get_settings()
+    df = experiments.run_grid(size_gap_runs(s), s, progress=False)
     means = df.groupby("strategy")["accuracy"].mean()
     return float(means["head-only"] - means["scratch"])
 
@@ -70,7 +69,7 @@ def check_freeze_depth(answer: dict) -> tuple[bool, str]:
     """05: ``{"predicted": ..., "measured": ...}``: mean test accuracy with 2 body groups frozen (near domain)."""
     predicted, measured = _prediction_and_measurement(answer)
     s = get_settings()
-    df = experiments.run_grid(freeze_runs(), s, progress=False)
+    df = experiments.run_grid(freeze_runs(s), s, progress=False)
     truth = float(df["accuracy"].mean())
     if abs(measured - truth) > 0.002:
         if abs(measured / 100 - truth) <= 0.002:
