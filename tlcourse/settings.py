@@ -78,14 +78,12 @@ class Settings:
     def __str__(self) -> str:
         width = max(len(f.name) for f in fields(self))
         scale = " at SMOKE scale (a dress rehearsal: tiny sizes)" if self.scale == "smoke" else ""
-        lines = [f"tlcourse is in {self.mode.upper()} mode{scale} ({self.reason})."]
-        for f in fields(self):
-            if f.name not in ("mode", "reason"):
-                lines.append(f"  {f.name:<{width}} {getattr(self, f.name)}")
         other = "full" if self.mode == "quick" else "quick"
-        lines.append(f"To switch, set TLCOURSE_MODE={other} (for example with os.environ in the "
-                     "first cell, or in the shell before starting Jupyter) and restart the kernel.")
-        return "\n".join(lines)
+        return "\n".join([f"tlcourse is in {self.mode.upper()} mode{scale} ({self.reason}).",
+                          *(f"  {f.name:<{width}} {getattr(self, f.name)}" for f in fields(self)
+                            if f.name not in ("mode", "reason")),
+                          f"To switch, set TLCOURSE_MODE={other} (for example with os.environ in the "
+                          "first cell, or in the shell before starting Jupyter) and restart the kernel."])
 
 
 #: Oldest versions the notebooks were written for (older ones miss APIs they use).
@@ -93,11 +91,9 @@ MIN_VERSIONS = {"torch": "2.1", "torchvision": "0.16", "fastai": "2.7.14", "timm
 
 
 def _as_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+    """``"2.1.0+cu118"`` -> ``(2, 1, 0)``: the digits of each dotted part, for comparing versions."""
+    pieces = version.split("+")[0].split(".")
+    return tuple(int("".join(ch for ch in piece if ch.isdigit()) or 0) for piece in pieces)
 
 
 def check_versions() -> dict[str, str]:
@@ -105,12 +101,11 @@ def check_versions() -> dict[str, str]:
     import importlib
     import platform
 
-    found = {"python": platform.python_version()}
+    found = {"python": platform.python_version(),
+             **{name: importlib.import_module(name).__version__ for name in MIN_VERSIONS}}
     for name, minimum in MIN_VERSIONS.items():
-        version = importlib.import_module(name).__version__
-        found[name] = version
-        if _as_tuple(version) < _as_tuple(minimum):
-            raise RuntimeError(f"{name} {version} is older than {minimum}, which this course needs: "
+        if _as_tuple(found[name]) < _as_tuple(minimum):
+            raise RuntimeError(f"{name} {found[name]} is older than {minimum}, which this course needs: "
                                f'run  pip install -U "{name}>={minimum}"  and restart the kernel.')
     print("  ".join(f"{k} {v}" for k, v in found.items()))
     return found
@@ -170,28 +165,22 @@ def arch_source(arch: str) -> tuple[str, str]:
     timm's, with or without a pretrained tag (``resnet18d``, ``resnet18.a1_in1k``,
     ``convnext_tiny``).  An unknown name raises ``ValueError`` with the closest names.
     """
-    import timm  # heavy: kept off the start of every `tlcourse` command
+    import timm  # heavy, like fastai: kept off the start of every `tlcourse` command
+    from fastai.vision.learner import model_meta
 
     name = arch.strip()
     if name == OFFLINE_ARCH:
         return "offline", name
-    if name in torchvision_archs():
+    torchvision = {f.__name__ for f in model_meta if getattr(f, "__module__", "").startswith("torchvision")}
+    if name in torchvision:
         return "torchvision", name
     if timm.is_model(name):
         return "timm", name
-    known = sorted(set(timm.list_models()) | torchvision_archs())
-    close = difflib.get_close_matches(name.split(".")[0], known, n=4, cutoff=0.6)
+    close = difflib.get_close_matches(name.split(".")[0], sorted(set(timm.list_models()) | torchvision),
+                                      n=4, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(f"{arch!r} is neither a timm model nor a torchvision model fastai knows.{hint} "
                      "timm.list_models('resnet*') lists timm's names.")
-
-
-def torchvision_archs() -> set[str]:
-    """Names of the torchvision models fastai's ``vision_learner`` takes as functions."""
-    from fastai.vision.learner import model_meta
-
-    return {f.__name__ for f in model_meta
-            if getattr(f, "__module__", "").startswith("torchvision")}
 
 
 def cache_dir() -> Path:
@@ -203,11 +192,8 @@ def cache_dir() -> Path:
     ``TLCOURSE_CACHE``.
     """
     env = os.environ.get("TLCOURSE_CACHE")
-    if env:
-        path = Path(env).expanduser()
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        path = Path(base) / "tlcourse"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    path = Path(env).expanduser() if env else Path(base) / "tlcourse"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # cannot be created: say which folder, and TLCOURSE_CACHE
@@ -220,10 +206,8 @@ def _choose_mode() -> tuple[str, str]:
     env = os.environ.get("TLCOURSE_MODE", "").strip().lower()
     if env:
         if env not in MODES:
-            raise ValueError(
-                f"TLCOURSE_MODE={env!r} is not a mode: use one of {', '.join(MODES)} "
-                "(or unset it to choose automatically)."
-            )
+            raise ValueError(f"TLCOURSE_MODE={env!r} is not a mode: use one of {', '.join(MODES)} "
+                             "(or unset it to choose automatically).")
         return env, "set by TLCOURSE_MODE"
     if torch.cuda.is_available():
         return "full", "a CUDA GPU is available and TLCOURSE_MODE is not set"
@@ -233,11 +217,9 @@ def _choose_mode() -> tuple[str, str]:
 def set_threads(settings: Settings) -> int:
     """Give torch ``settings.threads`` CPU threads (if set) and return how many it uses.
 
-    On a CPU the course uses one thread unless ``TLCOURSE_THREADS`` says otherwise:
-    on a 2-core laptop that is also running a browser, two torch threads keep waiting
-    for each other and ran several times slower than one (measured in
-    ``benchmarks/threads.py``; see docs/instructors.md).  Notebooks call this right
-    after reading their settings; importing tlcourse changes nothing by itself.
+    On a CPU the course uses one thread unless ``TLCOURSE_THREADS`` says otherwise: on a 2-core
+    laptop running a browser too, two torch threads wait for each other and ran several times
+    slower than one (``benchmarks/threads.py``).  Notebooks call this; importing tlcourse does not.
     """
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -263,8 +245,8 @@ def loader_plan(mode: str, device: str, cpus: int | None = None) -> tuple[int, b
     go to the GPU without an extra copy.  ``num_workers=0`` (decoding in the notebook's own
     process) is kept only where it must be, each case with its reason.
     """
-    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else (os.cpu_count() or 1)
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if mode == "quick":
         return 0, False, ("quick mode: a laptop CPU with 20-odd small photos a batch; worker "
                           "processes would compete with training for the same cores")
@@ -293,12 +275,9 @@ def mixed_precision(device: str) -> str | None:
 
 
 def to_mixed_precision(learn, settings: Settings):
-    """``learn.to_fp16()`` or ``learn.to_bf16()`` as the settings say (nothing on a CPU); returns ``learn``."""
-    if settings.precision == "fp16":
-        return learn.to_fp16()
-    if settings.precision == "bf16":
-        return learn.to_bf16()
-    return learn
+    """``learn.to_fp16()`` or ``learn.to_bf16()`` as ``settings.precision`` says (nothing on a CPU);
+    returns ``learn``."""
+    return getattr(learn, f"to_{settings.precision}")() if settings.precision else learn
 
 
 def full_arch() -> str:
@@ -325,9 +304,8 @@ def get_settings() -> Settings:
     scale = _choose_scale(mode)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     arch = full_arch() if mode == "full" else OFFLINE_ARCH
-    threads = 1 if device == "cpu" else None
-    if os.environ.get("TLCOURSE_THREADS"):
-        threads = int(os.environ["TLCOURSE_THREADS"])
+    env_threads = os.environ.get("TLCOURSE_THREADS")
+    threads = int(env_threads) if env_threads else 1 if device == "cpu" else None
     workers, pin, why = loader_plan(mode, device)
     common = dict(mode=mode, reason=reason, device=device, arch=arch, few_shot_dataset="pet_breeds",
                   far_dataset="fashion", seeds=(0, 1, 2), threads=threads, cache_dir=cache_dir(),
