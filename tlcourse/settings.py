@@ -142,12 +142,9 @@ def writable(folder: Path) -> bool:
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary name next to ``path`` to write to: moved onto ``path`` in one step when the
-    block ends, deleted when it raises.
-
-    Every cache of the course (results, features, tensors, resized photos, converted weights,
-    downloads) writes through here, so an interrupted write never leaves a half file under the
-    real name, and two processes (or threads) never share a temporary name.
-    """
+    block ends, deleted when it raises.  Every cache of the course writes through here, so an
+    interrupted write never leaves a half file under the real name, and two processes (or
+    threads) never share a temporary name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
@@ -184,13 +181,9 @@ def arch_source(arch: str) -> tuple[str, str]:
 
 
 def cache_dir() -> Path:
-    """Folder for converted weights, generated data, features and results.
-
-    ``TLCOURSE_CACHE`` overrides it; otherwise ``~/.cache/tlcourse`` (or
-    ``$XDG_CACHE_HOME/tlcourse``).  Created on first use; a folder that cannot be
-    created raises :class:`CacheError` (an ``OSError``) naming it and
-    ``TLCOURSE_CACHE``.
-    """
+    """Folder for converted weights, generated data, features and results: ``TLCOURSE_CACHE``, else
+    ``$XDG_CACHE_HOME/tlcourse`` or ``~/.cache/tlcourse``.  Created on first use; one that cannot
+    be raises :class:`CacheError` (an ``OSError``) naming it and ``TLCOURSE_CACHE``."""
     env = os.environ.get("TLCOURSE_CACHE")
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     path = Path(env).expanduser() if env else Path(base) / "tlcourse"
@@ -255,8 +248,7 @@ def loader_plan(mode: str, device: str, cpus: int | None = None) -> tuple[int, b
     if os.name == "nt":
         return 0, device == "cuda", ("Windows starts workers by spawning a new Python that re-imports "
                                      "the notebook, which fails for functions defined in it")
-    workers = min(cpus, 8)
-    return workers, device == "cuda", f"one worker per CPU core ({cpus} cores, at most 8)"
+    return min(cpus, 8), device == "cuda", f"one worker per CPU core ({cpus} cores, at most 8)"
 
 
 def mixed_precision(device: str) -> str | None:
@@ -283,22 +275,17 @@ def to_mixed_precision(learn, settings: Settings):
 def full_arch() -> str:
     """The architecture full mode trains: ``TLCOURSE_ARCH`` when set, else :data:`FULL_ARCH`.
 
-    The one rule for ``TLCOURSE_ARCH``: full mode reads it (quick mode always uses the
-    offline backbone), and so do ``tlcourse check`` and ``tlcourse prefetch`` when they list
-    what full mode downloads.
-    """
+    The one reader of ``TLCOURSE_ARCH``: full mode (quick mode always uses the offline backbone),
+    ``tlcourse check`` and ``tlcourse prefetch`` (what full mode downloads) all go through here."""
     return os.environ.get("TLCOURSE_ARCH", "").strip() or FULL_ARCH
 
 
 def get_settings() -> Settings:
     """Read the switch and return the sizes for this mode.
 
-    Full mode trains ``FULL_ARCH`` (a timm ConvNeXt-Tiny, downloaded on first use);
-    ``TLCOURSE_ARCH`` may name another architecture (for example ``resnet34``, a
-    torchvision model, or any timm name).  ``TLCOURSE_SCALE=smoke`` (full mode only)
-    keeps full mode's data sets, architecture and code path but shrinks every size to a
-    few photos, 32 pixels and one epoch: a dress rehearsal that runs on a CPU in seconds
-    (see tests/test_full_mode.py).
+    Full mode trains :func:`full_arch`.  ``TLCOURSE_SCALE=smoke`` (full mode only) keeps full
+    mode's data sets, architecture and code path but shrinks every size to a few photos, 32 pixels
+    and one epoch: a dress rehearsal that runs on a CPU in seconds (see tests/test_full_mode.py).
     """
     mode, reason = _choose_mode()
     scale = _choose_scale(mode)
@@ -311,21 +298,18 @@ def get_settings() -> Settings:
                   far_dataset="fashion", seeds=(0, 1, 2), threads=threads, cache_dir=cache_dir(),
                   scale=scale, num_workers=workers, pin_memory=pin, workers_reason=why)
     if mode == "quick":
-        return Settings(**common, dataset="cats_dogs", image_size=128, far_image_size=64,
-                        batch_size=16, epochs=4, per_class=10,
-                        near_sizes=(1, 2, 5, 10, 20, 60), far_sizes=(5, 20, 100, 500),
-                        few_shot_sizes=(1, 2, 5), sweep_epochs=4)
+        return Settings(**common, dataset="cats_dogs", image_size=128, far_image_size=64, batch_size=16,
+                        epochs=4, per_class=10, near_sizes=(1, 2, 5, 10, 20, 60),
+                        far_sizes=(5, 20, 100, 500), few_shot_sizes=(1, 2, 5), sweep_epochs=4)
     full = dict(common, dataset="pets", precision=mixed_precision(device))
     if scale == "smoke":
         # Full mode's data sets, architecture and code, shrunk: 1 photo a breed, 32 pixels, one
         # seed (quick mode runs the comparisons over seeds), the fewest epochs lesson 04 accepts
         # (gradual unfreezing needs 3 after the frozen one).  Only for rehearsing full mode on a
         # CPU: no result of this scale means anything.
-        return Settings(**dict(full, seeds=(0,)), image_size=32, far_image_size=32,
-                        batch_size=8, epochs=3, per_class=1,
-                        near_sizes=(1, 2), far_sizes=(2, 5), few_shot_sizes=(1, 2), sweep_epochs=1,
-                        resized_short_side=48, max_per_class=6)
-    return Settings(**full, image_size=224, far_image_size=128,
-                    batch_size=64, epochs=4, per_class=None,
+        return Settings(**dict(full, seeds=(0,)), image_size=32, far_image_size=32, batch_size=8,
+                        epochs=3, per_class=1, near_sizes=(1, 2), far_sizes=(2, 5), few_shot_sizes=(1, 2),
+                        sweep_epochs=1, resized_short_side=48, max_per_class=6)
+    return Settings(**full, image_size=224, far_image_size=128, batch_size=64, epochs=4, per_class=None,
                     near_sizes=(1, 2, 5, 10, 20, 60), far_sizes=(5, 20, 100, 600),
                     few_shot_sizes=(1, 2, 5), sweep_epochs=8, resized_short_side=RESIZED_SHORT_SIDE)

@@ -147,10 +147,9 @@ def fashion(cache: Path) -> pd.DataFrame:
 def full_pets(settings: Settings) -> pd.DataFrame:
     """The whole Oxford-IIIT Pet data set (full mode), downloaded on first use, labelled by breed.
 
-    A seeded draw puts 20 % of the photos in the test split and 10 % in validation.
-    The table points at a resized copy in the course cache (short side
-    ``settings.resized_short_side``, made once by :func:`resized_copy`), so no lesson
-    decodes the full-size JPEGs again every epoch.
+    A seeded draw puts 20 % of the photos in the test split and 10 % in validation.  The table
+    points at a copy resized once (:func:`resized_copy`), so no lesson decodes the full-size JPEGs
+    again every epoch.
     """
     s = settings
     root = download.pets_images()
@@ -181,11 +180,9 @@ def resized_copy(root: Path, files: list[str], short_side: int, cache: Path, wor
                  progress: bool = True) -> Path:
     """A copy of ``root / f`` for every ``f`` in ``files`` with short side ``short_side``, in the cache.
 
-    Made once, with a progress bar; on later calls a ``manifest.json`` that lists as many
-    files as asked for says it is complete.  An interrupted copy is resumed where it
-    stopped (each photo is written to a temporary name and renamed when whole) and only
-    then marked complete.  ``workers`` threads decode in parallel (Pillow releases the GIL
-    while decoding and resizing).  Returns the folder.
+    Made once, with a progress bar, and marked complete by a ``manifest.json`` listing as many
+    files as asked for; an interrupted copy is resumed where it stopped (each photo is written
+    atomically).  ``workers`` threads decode in parallel (Pillow releases the GIL).  Returns the folder.
     """
     from tqdm.auto import tqdm  # imported when needed, like the progress bar
 
@@ -269,12 +266,9 @@ def batch_size(n_train: int, settings: Settings, largest: int | None = None) -> 
 
 
 def datablock(path: str | Path, image_size: int, augment: bool = True) -> DataBlock:
-    """The course's one ``DataBlock`` for an items table (lessons and lesson 06's audited folders).
-
-    Images are ``path / fname`` (``images.ImagePath``: absolute names in a CSV too), opened
-    by the course's one loader (``images.RGBImage``), labels come from ``label`` and the
-    split from ``is_valid``.
-    """
+    """The course's one ``DataBlock`` for an items table (lessons and lesson 06's audited folders):
+    images ``path / fname`` (``images.ImagePath``: absolute names in a CSV too) opened by
+    ``images.RGBImage``, labels from ``label``, the split from ``is_valid``."""
     return DataBlock(blocks=(ImageBlock(cls=RGBImage), CategoryBlock), get_x=ImagePath(path),
                      get_y=ColReader("label"), splitter=ColSplitter("is_valid"),
                      item_tfms=Resize(image_size),
