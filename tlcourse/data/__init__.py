@@ -39,7 +39,6 @@ DATASETS = {
     "fashion": "Fashion-MNIST subset, 10 kinds of clothing (28x28 grey, far domain)",
     "pets": "Oxford-IIIT Pet, all 7,390 photos, 37 breeds (full mode, downloaded)",
 }
-PACKAGED = ("cats_dogs", "pet_breeds", "fashion")
 SPLITS = ("train", "valid", "test")
 
 

