@@ -156,11 +156,9 @@ def resource(name: str) -> Resource:
         raise ValueError(f"TLCOURSE_CHECKSUMS={listed} is not a readable JSON file of {{file name: "
                          f'{{"size", "md5_first_mib", "sha256"}}}} ({type(err).__name__}): fix it, or unset '
                          "TLCOURSE_CHECKSUMS to check downloads against the published figures.") from None
-    if known is None:
-        return res
-    return replace(res, size=known["size"],
-                   md5_first_mib=known["md5_first_mib"] if res.md5_first_mib else None,
-                   sha256_prefix=known["sha256"] if res.sha256_prefix else None)
+    return res if known is None else replace(
+        res, size=known["size"], md5_first_mib=known["md5_first_mib"] if res.md5_first_mib else None,
+        sha256_prefix=known["sha256"] if res.sha256_prefix else None)
 
 
 # --- where files go -------------------------------------------------------------------------
@@ -484,8 +482,6 @@ def fetch_url(url: str, dest: str | Path, *, size: int | None = None, md5_first_
     res = Resource(name=dest.name, description="", kind="file", filename=dest.name,
                    default_base=url.rsplit("/", 1)[0] + "/", size=size,
                    md5_first_mib=md5_first_mib, sha256_prefix=sha256_prefix)
-    if dest.is_file() and verify(res, dest) is None:
-        return dest
     try:
         # The lock lives in the temporary folder, not next to ``dest``: nothing extra in yours.
         key = hashlib.sha1(str(dest.resolve()).encode()).hexdigest()[:16]
@@ -579,13 +575,12 @@ def explained(what: str) -> Iterator[None]:
     """
     try:
         yield
-    except DownloadError:
-        raise
     except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError,
             http.client.HTTPException, ssl.SSLError) as err:
         raise DownloadError(what, _reason(err, getattr(err, "url", "") or "the server")) from None
     except Exception as err:
-        # The hub client's and HTTP libraries' own errors (huggingface_hub, httpx, requests).
+        # The hub client's and HTTP libraries' own errors (huggingface_hub, httpx, requests);
+        # anything else (a DownloadError included) goes on as it is.
         module = type(err).__module__.split(".")[0]
         if module not in ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3"):
             raise
