@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -58,6 +59,29 @@ def test_packaged_files_match_their_checksums():
     assert len(sums) == 370 + 2  # the photos, labels.csv and the Fashion-MNIST archive
     rel, digest = next(iter(sums.items()))
     assert hashlib.sha256((data.packaged_dir() / rel).read_bytes()).hexdigest() == digest
+
+
+def test_packaged_files_are_hashed_once_and_a_damaged_copy_is_still_caught(tmp_path, monkeypatch):
+    """verify_packaged hashes each file once per process: a file changed since is hashed again."""
+    root = tmp_path / "datasets"
+    shutil.copytree(data.packaged_dir(), root)
+    monkeypatch.setattr(data, "packaged_dir", lambda: root)
+    data.verify_packaged()
+    hashed = []
+    real = data.download.sha256_file
+    monkeypatch.setattr(data.download, "sha256_file", lambda path: hashed.append(path) or real(path))
+    data.verify_packaged()
+    assert hashed == []  # checked already in this process: nothing read again
+    photo = sorted((root / "pets" / "images").glob("*.jpg"))[5]
+    damaged = bytearray(photo.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    photo.write_bytes(bytes(damaged))  # same size, other bytes
+    with pytest.raises(RuntimeError, match=rf"damaged \(e.g. pets/images/{photo.name}\).*reinstall"):
+        data.verify_packaged()
+    assert hashed == [photo]
+    photo.unlink()
+    with pytest.raises(RuntimeError, match="missing or damaged"):
+        data.verify_packaged()
 
 
 def test_subsample_never_includes_test_rows_and_repeats_with_a_seed():

