@@ -1,14 +1,12 @@
 """What a network computes inside (lesson 01): activations of named layers, the patches a
-channel likes best, an explorer.
-
-The hooks that read a layer's output (``hooks.capture``) and the layer listing
-(``hooks.layer_table``) live in :mod:`tlcourse.hooks`; the figures (filters, feature-map
-grids) in :mod:`tlcourse.plots`.
+channel likes best, an explorer.  The hooks live in :mod:`tlcourse.models.hooks`, the
+figures in :mod:`tlcourse.plots`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +35,8 @@ def to_batch(model: torch.nn.Module, image: ImageLike) -> torch.Tensor:
 @torch.no_grad()
 def activations(model: torch.nn.Module, image: ImageLike,
                 layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
-    """One forward pass in eval mode; the named layers' outputs, in the order asked.
-
-    The model's train/eval mode is restored afterwards.
-    """
+    """One forward pass in eval mode (the model's mode is restored afterwards); the named
+    layers' outputs, in the order asked."""
     names = hooks.as_names(layers)
     was_training = model.training
     model.eval()
@@ -66,9 +62,8 @@ def similarity(model: torch.nn.Module, images: Mapping[str, ImageLike], layer: s
         raise ValueError("similarity compares images: pass at least two, as {'name': image}.")
     batches = [to_batch(model, img) for img in images.values()]
     if len({b.shape for b in batches}) == 1:  # one forward pass for all images
-        outputs = activations(model, torch.cat(batches), layer)[layer].flatten(1)
-    else:
-        outputs = torch.cat([activations(model, b, layer)[layer].flatten(1) for b in batches])
+        batches = [torch.cat(batches)]
+    outputs = torch.cat([activations(model, b, layer)[layer].flatten(1) for b in batches])
     unit = torch.nn.functional.normalize(outputs.float(), dim=1)
     return pd.DataFrame((unit @ unit.T).numpy(), index=list(images), columns=list(images))
 
@@ -89,8 +84,7 @@ def unnormalise(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     import timm
 
     config = timm.data.resolve_data_config({}, model=model)
-    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
     return (batch * std + mean).clamp(0, 1)
 
 
@@ -98,31 +92,29 @@ class _Reached(Exception):
     """Raised by a hook to end a forward pass once the wanted layer has run."""
 
 
+def _stop(module, inputs, output):
+    raise _Reached
+
+
 @torch.no_grad()
 def batch_activations(model: torch.nn.Module, batch: torch.Tensor, layer: str,
                       chunk: int = 32) -> torch.Tensor:
     """Outputs ``(N, C, H, W)`` of ``layer`` for a preprocessed batch, in eval mode.
 
-    Runs ``chunk`` images at a time and stops each forward pass as soon as
-    ``layer`` has run, so the layers above it cost nothing.  Hooks are removed
-    afterwards and the model's train/eval mode is restored.
+    Runs ``chunk`` images at a time and stops each forward pass as soon as ``layer`` has
+    run, so the layers above it cost nothing.  Hooks are removed and the model's mode is
+    restored afterwards.
     """
     module = hooks.named_layers(model, [layer])[layer]
-
-    def stop(module, inputs, output):
-        raise _Reached
-
     parts, was_training = [], model.training
     model.eval()
     try:
         with hooks.capture(model, layer) as store:
-            handle = module.register_forward_hook(stop)  # runs after capture's hook
+            handle = module.register_forward_hook(_stop)  # runs after capture's hook
             try:
                 for i in range(0, len(batch), chunk):
-                    try:
+                    with suppress(_Reached):
                         model(batch[i:i + chunk])
-                    except _Reached:
-                        pass
                     parts.append(store.pop(layer))
             finally:
                 handle.remove()
@@ -132,20 +124,16 @@ def batch_activations(model: torch.nn.Module, batch: torch.Tensor, layer: str,
 
 
 def strongest(maps: torch.Tensor, channel: int, k: int) -> list[tuple[int, int, int]]:
-    """Where ``channel`` responds most in a batch of maps ``(N, C, H, W)``.
-
-    Each image counts once, at its strongest position: the result is
-    ``(image index, row, column)`` for the ``k`` images with the largest peaks,
-    strongest first.
-    """
+    """Where ``channel`` responds most in a batch of maps ``(N, C, H, W)``: ``(image index,
+    row, column)`` of the ``k`` images with the largest peaks, strongest first, each image
+    once, at its strongest position."""
     if maps.dim() != 4 or not 0 <= channel < maps.shape[1]:
         raise ValueError(f"expected maps (N, C, H, W) and a channel below C; got {tuple(maps.shape)} "
                          f"and channel {channel}.")
-    grid = maps[:, channel].flatten(1)
-    peaks, where = grid.max(dim=1)
+    peaks, where = maps[:, channel].flatten(1).max(dim=1)
     width = maps.shape[-1]
-    order = peaks.argsort(descending=True)[:k].tolist()
-    return [(i, int(where[i]) // width, int(where[i]) % width) for i in order]
+    return [(i, int(where[i]) // width, int(where[i]) % width)
+            for i in peaks.argsort(descending=True)[:k].tolist()]
 
 
 def patch_box(row: int, col: int, grid: Sequence[int], image: Sequence[int],
@@ -155,14 +143,12 @@ def patch_box(row: int, col: int, grid: Sequence[int], image: Sequence[int],
     ``grid`` is the map's (H, W), ``image`` the input's (H, W); the box is moved,
     not cut, to stay inside the image.
     """
-    boxes = []
-    for index, cells, pixels in ((row, grid[0], image[0]), (col, grid[1], image[1])):
+    def start(index: int, cells: int, pixels: int) -> int:
         centre = (index + 0.5) * pixels / cells
-        start = int(round(centre - patch / 2))
-        start = max(0, min(start, pixels - patch))
-        boxes.append((start, start + patch))
-    (top, bottom), (left, right) = boxes
-    return top, left, bottom, right
+        return max(0, min(int(round(centre - patch / 2)), pixels - patch))
+
+    top, left = start(row, grid[0], image[0]), start(col, grid[1], image[1])
+    return top, left, top + patch, left + patch
 
 
 def selective_channels(maps: torch.Tensor, n: int) -> list[int]:
@@ -190,12 +176,9 @@ def top_patches(model: torch.nn.Module, batch: torch.Tensor, layer: str, channel
     grid, size = maps.shape[-2:], pixels.shape[-2:]
     patch = patch or int(3 * size[0] / grid[0])
     found = {}
-    for c in channels:
-        crops = []
-        for i, row, col in strongest(maps, int(c), k):
-            top, left, bottom, right = patch_box(row, col, grid, size, patch)
-            crops.append(pixels[i, :, top:bottom, left:right])
-        found[int(c)] = crops
+    for c in map(int, channels):
+        boxes = [(i, patch_box(row, col, grid, size, patch)) for i, row, col in strongest(maps, c, k)]
+        found[c] = [pixels[i, :, top:bottom, left:right] for i, (top, left, bottom, right) in boxes]
     return found
 
 
@@ -248,16 +231,16 @@ def explore(model: torch.nn.Module, images: Mapping[str, ImageLike], layers: Seq
         display(fig)
         plt.close(fig)
 
-    widest = max(maps_of(next(iter(images)), layer).shape[0] for layer in layers)
+    first_image = next(iter(images))
+    widest = max(maps_of(first_image, layer).shape[0] for layer in layers)
     widget = widgets.interactive(
         draw,
         image=widgets.Dropdown(options=list(images), description="image"),
         layer=widgets.Dropdown(options=layers, description="layer"),
-        order=widgets.ToggleButtons(options=["most varied first", "channel index"],
-                                    description="order"),
+        order=widgets.ToggleButtons(options=["most varied first", "channel index"], description="order"),
         first_channel=widgets.IntSlider(value=0, min=0, max=widest - 1, description="first"),
         count=widgets.IntSlider(value=n_channels, min=1, max=32, description="how many"),
     )
-    static = figure(next(iter(images)), layers[0], "most varied first", 0, n_channels,
+    static = figure(first_image, layers[0], "most varied first", 0, n_channels,
                     note="\nstatic view of the explorer's default selection")
     return Explorer(widget=widget, figure=static)

@@ -36,7 +36,8 @@ def setup_source() -> str:
         f'REPO = "https://github.com/{REPOSITORY}"\n'
         'if "google.colab" in sys.modules:\n'
         "    import subprocess\n"
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"tlcourse @ git+{REPO}"], check=True)'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"tlcourse @ git+{REPO}"], '
+        'check=True)'
     )
 
 
@@ -51,14 +52,11 @@ def notebook_files(folder: Path) -> list[Path]:
 
 def sync_colab(nb, name: str) -> bool:
     """Make ``nb``'s badge and setup cell match ``REPOSITORY``; True if anything changed."""
-    changed = False
     first = nb.cells[0]
-    wanted = _BADGE.sub(badge(name), first.source) if _BADGE.search(first.source) else None
-    if wanted is None:
-        lines = first.source.split("\n")
-        wanted = "\n".join(lines[:1] + ["", badge(name)] + lines[1:])
-    if wanted != first.source:
-        first.source, changed = wanted, True
+    lines = first.source.split("\n")
+    wanted = (_BADGE.sub(badge(name), first.source) if _BADGE.search(first.source)
+              else "\n".join(lines[:1] + ["", badge(name)] + lines[1:]))
+    changed, first.source = wanted != first.source, wanted
     for cell in nb.cells:
         if SETUP_TAG in _tags(cell) and cell.source != setup_source():
             cell.source, changed = setup_source(), True
@@ -112,11 +110,8 @@ def _audit_exercises(nb) -> list[str]:
 def student_copy(nb):
     """A copy of ``nb`` without solution cells and without outputs; all else identical
     (nbconvert's ``TagRemovePreprocessor`` and ``ClearOutputPreprocessor``)."""
-    out = copy.deepcopy(nb)
-    resources: dict = {}
-    out, resources = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}).preprocess(out, resources)
-    out, _ = ClearOutputPreprocessor().preprocess(out, resources)
-    return out
+    out, resources = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}).preprocess(copy.deepcopy(nb), {})
+    return ClearOutputPreprocessor().preprocess(out, resources)[0]
 
 
 def write_student_copies(source: Path, target: Path) -> list[Path]:
@@ -126,13 +121,12 @@ def write_student_copies(source: Path, target: Path) -> list[Path]:
     """
     source, target = Path(source).resolve(), Path(target).resolve()
     if source == target:
-        raise ValueError("Student copies need their own folder: pass an --out different from the notebooks folder.")
+        raise ValueError("Student copies need their own folder: pass an --out different from the "
+                         "notebooks folder.")
     paths = notebook_files(source)
     if not paths:
         raise ValueError(f"No lesson notebooks (NN_topic.ipynb) in {source}.")
     target.mkdir(parents=True, exist_ok=True)
-    written = []
     for path in paths:
         nbformat.write(student_copy(nbformat.read(path, as_version=4)), target / path.name)
-        written.append(target / path.name)
-    return written
+    return [target / path.name for path in paths]

@@ -22,10 +22,5 @@ def key_result(name: str, value: float | int | str, unit: str = "") -> float | i
 
 def collect(notebook: dict) -> list[dict]:
     """Every key result recorded in an executed notebook (as a JSON dict), in order."""
-    found = []
-    for cell in notebook.get("cells", []):
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            if MIME in data:
-                found.append(data[MIME])
-    return found
+    return [output["data"][MIME] for cell in notebook.get("cells", []) for output in cell.get("outputs", [])
+            if MIME in output.get("data", {})]
