@@ -1,7 +1,5 @@
-"""What a network computes inside (lesson 01): activations of named layers, the patches a
-channel likes best, an explorer.  The hooks live in :mod:`tlcourse.models.hooks`, the
-figures in :mod:`tlcourse.plots`.
-"""
+"""What a network computes inside (lesson 01): activations of named layers, the patches a channel
+likes best, an explorer (hooks: :mod:`tlcourse.models.hooks`; figures: :mod:`tlcourse.plots`)."""
 
 from __future__ import annotations
 
@@ -54,10 +52,8 @@ def activations(model: torch.nn.Module, image: ImageLike,
 
 def similarity(model: torch.nn.Module, images: Mapping[str, ImageLike], layer: str) -> pd.DataFrame:
     """Cosine similarity between the images' outputs of ``layer`` (flattened), image by image.
-
-    Near 1 everywhere means the layer describes every image the same way: a new
-    classifier reading that layer would have nothing to tell them apart by.
-    """
+    Near 1 everywhere means the layer describes every image alike: a classifier reading it could
+    not tell them apart."""
     if len(images) < 2:
         raise ValueError("similarity compares images: pass at least two, as {'name': image}.")
     batches = [to_batch(model, img) for img in images.values()]
@@ -99,12 +95,8 @@ def _stop(module, inputs, output):
 @torch.no_grad()
 def batch_activations(model: torch.nn.Module, batch: torch.Tensor, layer: str,
                       chunk: int = 32) -> torch.Tensor:
-    """Outputs ``(N, C, H, W)`` of ``layer`` for a preprocessed batch, in eval mode.
-
-    Runs ``chunk`` images at a time and stops each forward pass as soon as ``layer`` has
-    run, so the layers above it cost nothing.  Hooks are removed and the model's mode is
-    restored afterwards.
-    """
+    """Outputs ``(N, C, H, W)`` of ``layer`` for a preprocessed batch, in eval mode (then restored),
+    ``chunk`` images at a time; each pass stops once ``layer`` has run, so the layers above cost nothing."""
     module = hooks.named_layers(model, [layer])[layer]
     parts, was_training = [], model.training
     model.eval()
@@ -138,11 +130,8 @@ def strongest(maps: torch.Tensor, channel: int, k: int) -> list[tuple[int, int, 
 
 def patch_box(row: int, col: int, grid: Sequence[int], image: Sequence[int],
               patch: int) -> tuple[int, int, int, int]:
-    """Pixel box ``(top, left, bottom, right)`` of side ``patch`` centred on grid cell ``(row, col)``.
-
-    ``grid`` is the map's (H, W), ``image`` the input's (H, W); the box is moved,
-    not cut, to stay inside the image.
-    """
+    """Pixel box ``(top, left, bottom, right)`` of side ``patch`` centred on grid cell ``(row, col)``
+    of a map of size ``grid`` over an input of size ``image``; moved, not cut, to stay inside it."""
     def start(index: int, cells: int, pixels: int) -> int:
         centre = (index + 0.5) * pixels / cells
         return max(0, min(int(round(centre - patch / 2)), pixels - patch))
@@ -152,25 +141,17 @@ def patch_box(row: int, col: int, grid: Sequence[int], image: Sequence[int],
 
 
 def selective_channels(maps: torch.Tensor, n: int) -> list[int]:
-    """The ``n`` channels whose peak response differs most from image to image.
-
-    For each channel, the peak over positions is taken in every image; channels
-    with the largest spread (standard deviation) of those peaks across images fire
-    strongly on some photos and little on others.  The same rule serves any model.
-    """
-    peaks = maps.flatten(2).amax(dim=2)  # (N, C)
-    return peaks.std(dim=0).topk(min(n, maps.shape[1])).indices.tolist()
+    """The ``n`` channels of maps ``(N, C, H, W)`` whose peak response differs most from image to
+    image (largest standard deviation of the per-image peaks): they fire on some photos only."""
+    return maps.flatten(2).amax(dim=2).std(dim=0).topk(min(n, maps.shape[1])).indices.tolist()
 
 
 def top_patches(model: torch.nn.Module, batch: torch.Tensor, layer: str, channels: Sequence[int],
                 k: int = 6, patch: int | None = None,
                 maps: torch.Tensor | None = None) -> dict[int, list[torch.Tensor]]:
-    """For each channel, the ``k`` image patches ``(3, patch, patch)`` in [0, 1] that excite it most.
-
-    ``batch`` is preprocessed ``(N, 3, H, W)``; one patch per image, centred on
-    the position of the channel's peak (:func:`strongest`).  ``patch`` defaults to
-    three grid cells.  Pass ``maps`` (from :func:`batch_activations`) to reuse them.
-    """
+    """For each channel, the ``k`` patches ``(3, patch, patch)`` in [0, 1] of the preprocessed ``batch``
+    that excite it most, one per image, centred on its peak (:func:`strongest`); ``patch`` defaults
+    to three grid cells; pass ``maps`` (:func:`batch_activations`) to reuse them."""
     maps = batch_activations(model, batch, layer) if maps is None else maps
     pixels = unnormalise(model, batch)
     grid, size = maps.shape[-2:], pixels.shape[-2:]
@@ -194,13 +175,8 @@ class Explorer:
 
 def explore(model: torch.nn.Module, images: Mapping[str, ImageLike], layers: Sequence[str],
             n_channels: int = 8) -> Explorer:
-    """An ipywidgets explorer of feature maps: choose image, layer and channels.
-
-    Returns the widget (show it with ``display(explorer.widget)``) and a static
-    figure of the default selection, which is what readers see where widgets are
-    not rendered (a static viewer, nbval, a PDF).  Each image runs through the
-    model once, on first use; changing the layer or channels reuses the result.
-    """
+    """An ipywidgets explorer of feature maps (choose image, layer and channels; each image runs
+    once) and a static figure of its default selection, for where widgets are not rendered."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from tlcourse import report
 from tlcourse.notebooks import notebook_files, sync_colab, write_student_copies
@@ -25,15 +27,8 @@ def _last_line(err: BaseException) -> str:
 
 
 def execute(path: Path, out_dir: Path, timeout: int = DEFAULT_TIMEOUT) -> dict:
-    """Run one notebook top to bottom in a fresh kernel; save the executed copy; summarise.
-
-    Whatever stops the notebook (an error in a cell, a cell over ``timeout`` seconds, a
-    kernel that dies) is recorded as its failure; the executed copy, as far as it got,
-    is written in every case.
-    """
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-
+    """Run one notebook in a fresh kernel, save the executed copy (as far as it got) and summarise;
+    whatever stops it (an error, a cell over ``timeout`` seconds, a dead kernel) is its failure."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
@@ -121,15 +116,15 @@ def _size(n: int) -> str:
 
 
 def cache_contents(cache: Path) -> list[tuple[str, int, int]]:
-    """(folder, files, bytes) for each top-level folder of the course cache, sorted."""
-    rows = []
-    for folder in sorted(p for p in cache.iterdir() if p.is_dir()):
-        files = [f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")]
-        rows.append((folder.name, len(files), sum(f.stat().st_size for f in files)))
-    loose = [f for f in cache.iterdir() if f.is_file() and not f.name.startswith(".")]
-    if loose:
-        rows.append(("(files)", len(loose), sum(f.stat().st_size for f in loose)))
-    return rows
+    """(folder, files, bytes) for each top-level folder of the course cache, sorted, then for the
+    files loose in it, if any (hidden files not counted)."""
+    def tally(name: str, paths) -> tuple[str, int, int]:
+        files = [f for f in paths if f.is_file() and not f.name.startswith(".")]
+        return name, len(files), sum(f.stat().st_size for f in files)
+
+    rows = [tally(p.name, p.rglob("*")) for p in sorted(cache.iterdir()) if p.is_dir()]
+    loose = tally("(files)", cache.iterdir())
+    return rows + [loose] if loose[1] else rows
 
 
 def _mode_needs(s) -> list[tuple[str, str]]:
@@ -153,9 +148,9 @@ def _mode_needs(s) -> list[tuple[str, str]]:
     return rows
 
 
-def _section(heading: str, rows, bad) -> bool:
-    """Print ``heading`` and the ``(what, state)`` pairs that ``rows()`` lists; True when a
-    state is ``bad`` or ``rows()`` fails with a ValueError (an unknown TLCOURSE_ARCH)."""
+def _section(heading: str, rows) -> bool:
+    """Print ``heading`` and the ``(what, state)`` pairs that ``rows()`` lists; True when a state
+    is DAMAGED or ``rows()`` fails with a ValueError (an unknown TLCOURSE_ARCH)."""
     print(heading)
     try:
         found = list(rows())
@@ -164,7 +159,9 @@ def _section(heading: str, rows, bad) -> bool:
         return True
     for what, state in found:
         print(f"  {what:<36} {state}")
-    return any(bad(state) for _, state in found)
+    if not found:
+        print("  (empty)")
+    return any(str(state).startswith("DAMAGED") for _, state in found)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -186,17 +183,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     ok = settings.writable(s.cache_dir)
     print(f"cache: {s.cache_dir}" + ("" if ok else " (NOT writable: results and features are not "
                                           "kept; set TLCOURSE_CACHE to a writable folder)"))
-    uses = _section(f"What {s.mode} mode uses:", lambda: _mode_needs(s),
-                    lambda state: state.startswith("DAMAGED"))
-    print("In the cache:")
-    rows = cache_contents(s.cache_dir)
-    for folder, n, size in rows:
-        print(f"  {folder + '/':<36} {n} files, {_size(size)}")
-    if not rows:
-        print("  (empty)")
+    uses = _section(f"What {s.mode} mode uses:", lambda: _mode_needs(s))
+    _section("In the cache:", lambda: [(f"{folder}/", f"{n} files, {_size(size)}")
+                                       for folder, n, size in cache_contents(s.cache_dir)])
     downloads = _section("Downloads of full mode (`tlcourse prefetch` gets them now):",
-                         lambda: download.status(download.default_names(settings.full_arch())).items(),
-                         lambda state: state.problem)
+                         lambda: download.status(download.default_names(settings.full_arch())).items())
     return 1 if not ok or uses or downloads else 0
 
 

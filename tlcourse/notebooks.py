@@ -1,8 +1,7 @@
 """The course's notebooks as files: their fixed opening, student copies, and an audit.
 
-``REPOSITORY`` is the one place that names the repository: the Colab badge and the
-setup cell of every notebook are generated from it by ``sync_colab`` (``tlcourse
-colab``), and a test fails while a notebook disagrees.
+``REPOSITORY`` is the one place that names the repository: ``sync_colab`` (``tlcourse colab``)
+writes every notebook's Colab badge and setup cell from it; a test fails while one disagrees.
 """
 
 from __future__ import annotations
@@ -30,15 +29,13 @@ def badge(name: str) -> str:
 
 def setup_source() -> str:
     """The setup cell: installs the course on Colab, does nothing anywhere else."""
-    return (
-        "# Setup: on Colab this installs the course; anywhere else it does nothing.\n"
-        "import sys\n\n"
-        f'REPO = "https://github.com/{REPOSITORY}"\n'
-        'if "google.colab" in sys.modules:\n'
-        "    import subprocess\n"
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"tlcourse @ git+{REPO}"], '
-        'check=True)'
-    )
+    return f"""# Setup: on Colab this installs the course; anywhere else it does nothing.
+import sys
+
+REPO = "https://github.com/{REPOSITORY}"
+if "google.colab" in sys.modules:
+    import subprocess
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"tlcourse @ git+{{REPO}}"], check=True)"""
 
 
 def _tags(cell) -> list[str]:
@@ -93,8 +90,7 @@ def _audit_exercises(nb) -> list[str]:
     if not exercises:
         problems.append("no exercise cells (tag 'exercise')")
     for i in exercises:
-        cell = cells[i]
-        if PLACEHOLDER not in cell.source or "exercises.check_" not in cell.source:
+        if PLACEHOLDER not in cells[i].source or "exercises.check_" not in cells[i].source:
             problems.append(f"exercise cell {i} needs '{PLACEHOLDER}' and an exercises.check_... call")
         nxt = cells[i + 1] if i + 1 < len(cells) else None
         if nxt is None or SOLUTION_TAG not in _tags(nxt):
@@ -115,10 +111,8 @@ def student_copy(nb):
 
 
 def write_student_copies(source: Path, target: Path) -> list[Path]:
-    """Write a student copy of every lesson notebook in ``source`` into ``target``.
-
-    ``target`` must differ from ``source``: the originals are never overwritten.
-    """
+    """Write a student copy of every lesson notebook in ``source`` into ``target``, which must
+    differ from ``source``: the originals are never overwritten."""
     source, target = Path(source).resolve(), Path(target).resolve()
     if source == target:
         raise ValueError("Student copies need their own folder: pass an --out different from the "

@@ -1,7 +1,5 @@
-"""Figures of the course: labelled (title, axes with units, legend), readable in a
-notebook and in print, and returned as matplotlib Figures so tests and notebooks
-can inspect or save them.  Importing this module changes no global state.
-"""
+"""Figures of the course: labelled (title, axes with units, legend), readable in a notebook and
+in print, returned as matplotlib Figures to inspect or save.  Importing it changes no global state."""
 
 from __future__ import annotations
 
@@ -27,11 +25,8 @@ ILSVRC_COLUMNS = ("kind", "year", "team", "model", "label", "top5_error_pct", "e
 
 
 def ilsvrc_table() -> pd.DataFrame:
-    """The ILSVRC classification winners 2010-2017 and the human-level estimate.
-
-    Read from ``tlcourse/ilsvrc.csv`` (package data), whose ``source`` column cites
-    where each figure comes from; ``kind`` is ``winner`` or ``human``.
-    """
+    """The ILSVRC classification winners 2010-2017 (``kind`` ``winner``) and the human-level estimate
+    (``human``), from the package's ``ilsvrc.csv``, whose ``source`` column cites each figure."""
     with resources.files("tlcourse").joinpath("ilsvrc.csv").open(encoding="utf-8") as f:
         table = pd.read_csv(f, keep_default_na=False)
     missing = set(ILSVRC_COLUMNS) - set(table.columns)
@@ -83,32 +78,23 @@ def _show(ax, image=None, title: str = "", **imshow) -> None:
     ax.set(xticks=[], yticks=[])
 
 
-def _panels(fig: Figure, n: int, wspace: float) -> list:
-    """``n`` subfigures side by side."""
-    return list(fig.subfigures(1, n, wspace=wspace, squeeze=False).flat)
-
-
 def plot_filters(weight: torch.Tensor, max_filters: int = 32, ncols: int = 8,
                  title: str | None = None) -> Figure:
-    """Convolution filters ``(out, in, kh, kw)`` as small images, one per filter.
-
-    Each filter is scaled to [0, 1] on its own (its smallest weight black, its
-    largest white), so the pattern is visible whatever its magnitude.  Filters on
-    3 input channels are shown in colour (RGB), others as the mean over inputs.
-    """
+    """Convolution filters ``(out, in, kh, kw)`` as small images, each scaled to [0, 1] on its own
+    so its pattern shows whatever its magnitude; in colour on 3 input channels, else the mean."""
     w = weight.detach().float().cpu()
     if w.dim() != 4:
         raise ValueError(f"expected convolution weights (out, in, kh, kw), got shape {tuple(w.shape)}.")
     total, channels, kh, kw = w.shape
     rgb = channels == 3
-    images = (w[:max_filters] if rgb else w[:max_filters].mean(dim=1, keepdim=True)).permute(0, 2, 3, 1)
-    low = images.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
-    high = images.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
-    images = ((images - low) / (high - low).clamp_min(1e-8)).numpy()
+    w = w[:max_filters] if rgb else w[:max_filters].mean(dim=1, keepdim=True)
+    low, high = w.amin(dim=(1, 2, 3), keepdim=True), w.amax(dim=(1, 2, 3), keepdim=True)
+    images = ((w - low) / (high - low).clamp_min(1e-8)).permute(0, 2, 3, 1).numpy()
+    images = images if rgb else images[..., 0]
     fig, axes = _grid(len(images), ncols, 1.2, 1.3)
     for i, ax in enumerate(axes):
-        _show(ax, None if i >= len(images) else images[i] if rgb else images[i][..., 0], f"filter {i}",
-              cmap=None if rgb else "gray", interpolation="nearest", vmin=0, vmax=1)
+        _show(ax, images[i] if i < len(images) else None, f"filter {i}", cmap=None if rgb else "gray",
+              interpolation="nearest", vmin=0, vmax=1)
     fig.suptitle(title or f"Convolution filters: {len(images)} of {total}, each {kh}×{kw} pixels "
                  f"({'RGB' if rgb else 'mean over inputs'}), each scaled to [0, 1] on its own", fontsize=11)
     fig.tight_layout()
@@ -140,12 +126,8 @@ def _map_row(axes, maps: torch.Tensor, chosen: Sequence[int], cmap: str) -> None
 
 def plot_feature_maps(maps: torch.Tensor, channels: Sequence[int] | None = None, n: int = 8,
                       ncols: int = 8, title: str | None = None, cmap: str = "viridis") -> Figure:
-    """A grid of feature maps ``(C, H, W)``, one image per channel, titled by channel.
-
-    ``channels`` picks which; by default the ``n`` that vary most across the
-    image (:func:`top_channels`).  Each map is scaled to its own range (bright =
-    strongest response).
-    """
+    """A grid of feature maps ``(C, H, W)``, one per channel, each scaled to its own range (bright =
+    strongest response); ``channels`` picks which, by default the ``n`` :func:`top_channels`."""
     maps = _maps(maps)
     c, h, w = maps.shape
     chosen = list(channels) if channels is not None else top_channels(maps, n)
@@ -165,12 +147,8 @@ def plot_feature_maps(maps: torch.Tensor, channels: Sequence[int] | None = None,
 
 def plot_feature_comparison(columns: Mapping[str, Mapping[str, torch.Tensor]], n_channels: int = 4,
                             title: str | None = None, cmap: str = "viridis") -> Figure:
-    """Feature maps of several models side by side: one panel per model, one row per layer.
-
-    ``columns`` maps a panel title (``"pretrained"``) to ``{layer name: maps}``,
-    every panel with the same layers.  Each row shows that model's ``n_channels``
-    most varied channels (:func:`top_channels`), each scaled to its own range.
-    """
+    """Feature maps of several models side by side: ``columns`` maps a panel title to ``{layer: maps}``
+    (the same layers in each); a row per layer shows its ``n_channels`` :func:`top_channels`."""
     if not columns:
         raise ValueError("nothing to compare: pass {'panel title': {'layer': maps}, ...}.")
     layers = list(next(iter(columns.values())))
@@ -179,7 +157,8 @@ def plot_feature_comparison(columns: Mapping[str, Mapping[str, torch.Tensor]], n
             raise ValueError(f"panel {label!r} has layers {list(found)}, expected {layers} as in the first.")
     fig = plt.figure(figsize=(1.6 * n_channels * len(columns) + 1.2, 1.75 * len(layers) + 1.0),
                      layout="constrained")
-    for panel, (label, found) in zip(_panels(fig, len(columns), 0.04), columns.items()):
+    panels = fig.subfigures(1, len(columns), wspace=0.04, squeeze=False)[0]
+    for panel, (label, found) in zip(panels, columns.items()):
         for row, layer in zip(panel.subplots(len(layers), n_channels, squeeze=False), layers):
             maps = _maps(found[layer])
             _map_row(row, maps, top_channels(maps, n_channels), cmap)
@@ -193,12 +172,9 @@ def plot_feature_comparison(columns: Mapping[str, Mapping[str, torch.Tensor]], n
 
 def plot_predictions(images: Mapping[str, object], predictions: Mapping[str, Sequence[tuple[str, float]]],
                      title: str | None = None) -> Figure:
-    """Photos in a row, each above a bar chart of its top-k classes and probabilities.
-
-    ``images`` maps a name to a PIL image (or array); ``predictions`` maps the same
-    names to ``[(class name, probability), ...]`` as ``models.top_k`` returns them.
-    Long class names are cut to their first synonym.
-    """
+    """Photos in a row, each above a bar chart of its top-k classes (cut to their first synonym):
+    ``images`` maps a name to a PIL image (or array), ``predictions`` the same names to
+    ``[(class name, probability), ...]`` as ``models.top_k`` returns them."""
     fig, axes = plt.subplots(2, len(images), figsize=(3.3 * len(images), 6.2), squeeze=False,
                              gridspec_kw={"height_ratios": (1.2, 1)})
     for (top, bottom), (name, image) in zip(axes.T, images.items()):
@@ -219,12 +195,9 @@ def plot_predictions(images: Mapping[str, object], predictions: Mapping[str, Seq
 
 def plot_top_patches(panels: Mapping[str, Mapping[int, Sequence[torch.Tensor]]],
                      title: str | None = None) -> Figure:
-    """What channels respond to: one panel per model, one row per channel, its top patches left to right.
-
-    ``panels`` maps a panel title (``"pretrained"``) to ``{channel: [patch, ...]}``
-    as :func:`tlcourse.activations.top_patches` returns it (patches ``(3, h, w)``
-    in [0, 1], strongest first).  Every panel must show the same number of channels.
-    """
+    """What channels respond to: one panel per model, one row per channel, its top patches left to
+    right.  ``panels`` maps a title to ``{channel: [patch, ...]}`` as ``activations.top_patches``
+    returns it (strongest first), the same number of channels in each."""
     if not panels:
         raise ValueError("nothing to show: pass {'panel title': {channel: [patch, ...]}, ...}.")
     rows = {len(found) for found in panels.values()}
@@ -233,7 +206,8 @@ def plot_top_patches(panels: Mapping[str, Mapping[int, Sequence[torch.Tensor]]],
     n_rows = len(next(iter(panels.values())))
     n_cols = max(len(p) for found in panels.values() for p in found.values())
     fig = plt.figure(figsize=(1.25 * n_cols * len(panels) + 1.0, 1.3 * n_rows + 1.2), layout="constrained")
-    for sub, (label, found) in zip(_panels(fig, len(panels), 0.05), panels.items()):
+    subfigs = fig.subfigures(1, len(panels), wspace=0.05, squeeze=False)[0]
+    for sub, (label, found) in zip(subfigs, panels.items()):
         axes = sub.subplots(n_rows, n_cols, squeeze=False)
         for row, (channel, patches) in zip(axes, found.items()):
             for j, ax in enumerate(row):
@@ -251,11 +225,8 @@ def plot_top_patches(panels: Mapping[str, Mapping[int, Sequence[torch.Tensor]]],
 
 def plot_projections(panels: Mapping[str, tuple[object, object]], classes: Sequence[str],
                      method: str = "PCA", title: str | None = None) -> Figure:
-    """2-D projections of feature sets side by side, one panel each, points coloured by class.
-
-    ``panels`` maps a panel title (``"pretrained"``) to ``(points, labels)``: an
-    ``(n, 2)`` array of coordinates and ``n`` class indices into ``classes``.
-    """
+    """2-D projections of feature sets side by side, points coloured by class: ``panels`` maps a
+    title to ``(points, labels)``, ``(n, 2)`` coordinates and ``n`` class indices into ``classes``."""
     if not panels:
         raise ValueError("nothing to plot: pass {'panel title': (points, labels), ...}.")
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
@@ -294,14 +265,9 @@ def _stage_marks(ax, epochs: pd.DataFrame, labels: bool = False) -> None:
 
 
 def plot_training_curves(history, title: str | None = None) -> Figure:
-    """Training curves from fastai's Recorder: losses (left) and validation accuracy (right)
-    against epochs.
-
-    ``history`` is a ``records.History`` (several stages joined are marked by dotted lines
-    and named along the bottom of the accuracy panel) or a Learner right after ``fit``.  The
-    thin line is the smoothed training loss of every batch; dots are the per-epoch training
-    and validation losses.
-    """
+    """Losses (left; a thin line per batch, smoothed, and dots per epoch) and validation accuracy
+    (right) against epochs, from a ``records.History`` (its stages marked by dotted lines, named
+    in the accuracy panel) or a Learner after ``fit``."""
     if hasattr(history, "recorder"):
         history = History.of(history)
     elif not hasattr(history, "epochs") or not hasattr(history, "batches"):
@@ -335,11 +301,8 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
 
 def plot_seed_comparison(results: Mapping[str, pd.Series], chance: float | None = None,
                          title: str = "Test accuracy by seed") -> Figure:
-    """One bar per setting (its mean over seeds) with every seed's result as a dot.
-
-    ``results`` maps a setting's name to its test accuracies (0-1) indexed by seed, as
-    :func:`tlcourse.stats.over_seeds` returns them.
-    """
+    """One bar per setting (its mean over seeds) with every seed's result as a dot; ``results``
+    maps a setting to its test accuracies (0-1) by seed, as :func:`tlcourse.stats.over_seeds` gives."""
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.8 * len(results)))
     for i, values in enumerate(scores * 100 for scores in results.values()):
         ax.barh(i, values.mean(), color="tab:blue", alpha=0.35, label="mean over seeds" if i == 0 else None)

@@ -24,15 +24,11 @@ __all__ = ["expected_lrs", "four_groups", "gradual_schedule", "gradual_unfreeze"
 
 # --- layer groups -------------------------------------------------------------------
 
-
 def split_body(model: nn.Module, n_body_groups: int = 3) -> list[list[nn.Parameter]]:
     """Parameter groups of a ``vision_learner`` model: the body's stages (``models.body_groups``)
-    shared out as evenly as possible into ``n_body_groups`` groups, early layers first, then the head.
-
-    fastai splits a timm model only into ``[body, head]``; with more body groups
-    ``freeze_to(-2)``, ``freeze_to(-3)`` ... open the body from the top down, and
-    ``slice(lo, hi)`` spreads learning rates over the groups.
-    """
+    shared out evenly into ``n_body_groups`` groups, early layers first, then the head.  fastai cuts
+    a timm model only into ``[body, head]``; more groups let ``freeze_to(-2)``, ``freeze_to(-3)``
+    open the body from the top down and ``slice(lo, hi)`` spread learning rates over them."""
     if not isinstance(model, nn.Sequential) or len(model) < 2:
         raise ValueError("split_body expects a vision_learner model, nn.Sequential(body, head); "
                          f"got {type(model).__name__}.")
@@ -46,10 +42,8 @@ def split_body(model: nn.Module, n_body_groups: int = 3) -> list[list[nn.Paramet
 
 
 def four_groups(model: nn.Module) -> list[list[nn.Parameter]]:
-    """Splitter for ``vision_learner``: early, middle and late body, then the head.
-
-    A module-level function (not a lambda) so that ``learn.export`` can pickle it.
-    """
+    """Splitter for ``vision_learner``: early, middle and late body, then the head (a function,
+    not a lambda, so that ``learn.export`` can pickle it)."""
     return split_body(model, n_body_groups=3)
 
 
@@ -77,20 +71,16 @@ def _opt(learn: Learner):
     return learn.opt
 
 
-def _counts(plist, keep=lambda p: True) -> dict[str, int]:
-    """Parameters in ``plist`` (those that ``keep``): in all, trainable and frozen."""
-    total = sum(p.numel() for p in plist if keep(p))
-    trainable = sum(p.numel() for p in plist if keep(p) and p.requires_grad)
+def _counts(plist: list[nn.Parameter]) -> dict[str, int]:
+    """Parameters in ``plist``: in all, trainable and frozen."""
+    total = sum(p.numel() for p in plist)
+    trainable = sum(p.numel() for p in plist if p.requires_grad)
     return dict(params=total, trainable=trainable, frozen=total - trainable)
 
 
 def param_summary(learn: Learner) -> pd.DataFrame:
-    """One row per layer group: the layers in it, parameters in all, trainable, frozen,
-    trainable ones in BatchNorm layers, and the group's learning rate in the optimiser.
-
-    Reads ``requires_grad`` of each parameter, so it shows exactly what the next
-    ``fit`` will update.
-    """
+    """One row per layer group: its layers, parameters in all, trainable, frozen, trainable in
+    BatchNorm, and its learning rate; read from ``requires_grad``, so exactly what ``fit`` updates."""
     opt = _opt(learn)
     norm_ids = {id(p) for p in norm_bias_params(learn.model, with_bias=False)}
     layer_of = {id(p): _layer_name(n) for n, p in learn.model.named_parameters()}
@@ -98,7 +88,7 @@ def param_summary(learn: Learner) -> pd.DataFrame:
     for name, plist, hyper in zip(group_names(len(opt.param_lists)), opt.param_lists, opt.hypers):
         layers = list(dict.fromkeys(layer_of.get(id(p), "?") for p in plist))
         shown = ", ".join(layers) if len(layers) <= 4 else f"{layers[0]} ... {layers[-1]}"
-        bn = _counts(plist, lambda p: id(p) in norm_ids)["trainable"]
+        bn = _counts([p for p in plist if id(p) in norm_ids])["trainable"]
         rows.append(dict(group=name, layers=shown, **_counts(plist), trainable_in_batchnorm=bn,
                          lr=float(hyper["lr"])))
     df = pd.DataFrame(rows)
@@ -153,21 +143,15 @@ def expected_lrs(lr: float | slice, n_groups: int) -> list[float]:
 
 # --- a VGG-style head ---------------------------------------------------------------
 
-
 def vgg_head(in_shape: tuple[int, int, int], n_out: int, hidden: int = 256, p: float = 0.6) -> nn.Sequential:
-    """The classic Keras VGG16 recipe as a PyTorch head: flatten the feature map, a dense
-    layer of ``hidden`` units with ReLU, dropout ``p``, a dense output layer.
-
-    Unlike fastai's default head it keeps every spatial position (no pooling), so its
-    size depends on the image size through ``in_shape``.
-    """
+    """The classic Keras VGG16 head: flatten the feature map, dense ``hidden`` units with ReLU,
+    dropout ``p``, dense output.  No pooling, so its size depends on ``in_shape`` (the image size)."""
     c, h, w = in_shape
     return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(inplace=True),
                          nn.Dropout(p), nn.Linear(hidden, n_out))
 
 
 # --- gradual unfreezing written out -------------------------------------------------
-
 
 def gradual_schedule(total_epochs: int, freeze_epochs: int = 1) -> list[tuple[int, int]]:
     """``(freeze_to argument, epochs)`` for gradual unfreezing of a four-group learner
