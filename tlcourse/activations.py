@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import pandas as pd
@@ -101,15 +102,12 @@ def batch_activations(model: torch.nn.Module, batch: torch.Tensor, layer: str,
     parts, was_training = [], model.training
     model.eval()
     try:
-        with hooks.capture(model, layer) as store:
-            handle = module.register_forward_hook(_stop)  # runs after capture's hook
-            try:
-                for i in range(0, len(batch), chunk):
-                    with suppress(_Reached):
-                        model(batch[i:i + chunk])
-                    parts.append(store.pop(layer))
-            finally:
-                handle.remove()
+        # the stop hook, registered second, runs after capture's; leaving the block removes both
+        with hooks.capture(model, layer) as store, module.register_forward_hook(_stop):
+            for i in range(0, len(batch), chunk):
+                with suppress(_Reached):
+                    model(batch[i:i + chunk])
+                parts.append(store.pop(layer))
     finally:
         model.train(was_training)
     return torch.cat(parts)
@@ -185,19 +183,16 @@ def explore(model: torch.nn.Module, images: Mapping[str, ImageLike], layers: Seq
         raise ValueError("explore needs at least one image: pass a dict such as {'coffee': photo}.")
     layers = hooks.as_names(layers)
     hooks.named_layers(model, layers)  # fail early, with the list of valid names
-    cache: dict[str, dict[str, torch.Tensor]] = {}
 
-    def maps_of(image: str, layer: str) -> torch.Tensor:
-        if image not in cache:
-            cache[image] = activations(model, images[image], layers)
-        return cache[image][layer][0]
+    @cache
+    def maps_of(image: str) -> dict[str, torch.Tensor]:
+        return activations(model, images[image], layers)
 
     def figure(image: str, layer: str, order: str, first: int, count: int, note: str = "") -> Figure:
-        maps = maps_of(image, layer)
+        maps = maps_of(image)[layer][0]
         ranked = (plots.top_channels(maps, maps.shape[0]) if order == "most varied first"
                   else list(range(maps.shape[0])))
-        first = min(first, len(ranked) - 1)
-        chosen = ranked[first:first + count]
+        chosen = ranked[min(first, len(ranked) - 1):][:count]
         return plots.plot_feature_maps(
             maps, channels=chosen,
             title=f"{image}: layer {layer!r}, {len(chosen)} of {maps.shape[0]} channels ({order}){note}")
@@ -208,7 +203,7 @@ def explore(model: torch.nn.Module, images: Mapping[str, ImageLike], layers: Seq
         plt.close(fig)
 
     first_image = next(iter(images))
-    widest = max(maps_of(first_image, layer).shape[0] for layer in layers)
+    widest = max(maps.shape[1] for maps in maps_of(first_image).values())
     widget = widgets.interactive(
         draw,
         image=widgets.Dropdown(options=list(images), description="image"),

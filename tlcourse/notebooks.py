@@ -62,30 +62,21 @@ def sync_colab(nb, name: str) -> bool:
 
 def structure_problems(nb, name: str) -> list[str]:
     """Everything about ``nb`` that breaks the course's conventions (empty list: none)."""
-    problems = []
-    if not nb.cells or nb.cells[0].cell_type != "markdown" or not nb.cells[0].source.startswith("# "):
+    problems, cells = [], nb.cells
+    code = [c for c in cells if c.cell_type == "code"]
+    if not cells or cells[0].cell_type != "markdown" or not cells[0].source.startswith("# "):
         problems.append("the first cell must be a markdown title '# N. Title'")
-    elif badge(name) not in nb.cells[0].source:
+    elif badge(name) not in cells[0].source:
         problems.append("the first cell lacks the Colab badge for this repository (run `tlcourse colab`)")
-    setups = [c for c in nb.cells if SETUP_TAG in _tags(c)]
+    setups = [c for c in cells if SETUP_TAG in _tags(c)]
     if len(setups) != 1 or setups[0].source != setup_source():
         problems.append("there must be exactly one setup cell (tag 'setup') with the standard source")
-    if not any("check_versions()" in c.source for c in nb.cells if c.cell_type == "code"):
+    if not any("check_versions()" in c.source for c in code):
         problems.append("no cell calls settings.check_versions()")
     for title in ("## Exercises", "## Summary"):
-        if not any(c.cell_type == "markdown" and title in c.source for c in nb.cells):
+        if not any(c.cell_type == "markdown" and title in c.source for c in cells):
             problems.append(f"missing a '{title}' section")
-    problems += _audit_exercises(nb)
-    if any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code"):
-        problems.append("the notebook is stored with outputs: clear them")
-    if any("import *" in c.source and "tlcourse" in c.source for c in nb.cells if c.cell_type == "code"):
-        problems.append("star import from tlcourse: import the modules explicitly")
-    return problems
-
-
-def _audit_exercises(nb) -> list[str]:
-    """Each exercise cell holds the placeholder and a check, and is followed by its solution."""
-    problems, cells = [], nb.cells
+    # each exercise cell holds the placeholder and a check, and is followed by its collapsed solution
     exercises = [i for i, c in enumerate(cells) if EXERCISE_TAG in _tags(c)]
     if not exercises:
         problems.append("no exercise cells (tag 'exercise')")
@@ -100,6 +91,10 @@ def _audit_exercises(nb) -> list[str]:
     for i, c in enumerate(cells):
         if SOLUTION_TAG in _tags(c) and (i == 0 or EXERCISE_TAG not in _tags(cells[i - 1])):
             problems.append(f"solution cell {i} does not follow an exercise cell")
+    if any(c.get("outputs") or c.get("execution_count") for c in code):
+        problems.append("the notebook is stored with outputs: clear them")
+    if any("import *" in c.source and "tlcourse" in c.source for c in code):
+        problems.append("star import from tlcourse: import the modules explicitly")
     return problems
 
 

@@ -251,19 +251,6 @@ def plot_projections(panels: Mapping[str, tuple[object, object]], classes: Seque
 
 # --- training / lessons 03-04 ---------------------------------------------------------
 
-def _stage_marks(ax, epochs: pd.DataFrame, labels: bool = False) -> None:
-    """Dotted vertical lines where a new training stage starts; with ``labels`` its name is
-    written along the bottom of the axes, where accuracy curves leave room."""
-    firsts = epochs.groupby("stage", sort=False)["epoch"].min()
-    if len(firsts) < 2:
-        return
-    for name, first in firsts.items():
-        ax.axvline(first - 1, color="grey", linestyle=":", linewidth=1)
-        if labels:
-            ax.text(first - 1, 0.02, f" {name}", transform=ax.get_xaxis_transform(),
-                    va="bottom", ha="left", fontsize=7.5, color="dimgray")
-
-
 def plot_training_curves(history, title: str | None = None) -> Figure:
     """Losses (left; a thin line per batch, smoothed, and dots per epoch) and validation accuracy
     (right) against epochs, from a ``records.History`` (its stages marked by dotted lines, named
@@ -288,10 +275,15 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
         ax_acc.set_ylim(0, 100)
         ax_acc.legend(fontsize=8, loc="upper right")
     ax_acc.set(ylabel="validation accuracy (%)", title="Accuracy")
+    starts = e.groupby("stage", sort=False)["epoch"].min() - 1
     for ax in (ax_loss, ax_acc):
         ax.set(xlabel="epoch", xlim=(0, float(e["epoch"].max()) + 0.2))
         ax.grid(alpha=0.3)
-        _stage_marks(ax, e, labels=ax is ax_acc)
+        for name, start in starts.items() if len(starts) > 1 else ():  # a dotted line per stage
+            ax.axvline(start, color="grey", linestyle=":", linewidth=1)
+            if ax is ax_acc:  # named along the bottom, where accuracy curves leave room
+                ax.text(start, 0.02, f" {name}", transform=ax.get_xaxis_transform(),
+                        va="bottom", ha="left", fontsize=7.5, color="dimgray")
     fig.suptitle(title or "Training curves", fontsize=12)
     fig.tight_layout()
     return fig

@@ -1,10 +1,7 @@
-"""Looking inside fastai's transfer-learning recipe (lessons 03 and 04).
-
-``vision_learner`` cuts a pretrained network into a *body* and a new *head*, splits the
-parameters into *layer groups* and freezes all but the last; ``freeze_to``, ``unfreeze``,
-``slice`` learning rates and ``fine_tune`` act on those groups.  The helpers here make the
-groups visible (parameters and learning rates per group), cut a timm body into several
-groups, build a VGG-style head, and write gradual unfreezing out step by step.
+"""Looking inside fastai's transfer-learning recipe (lessons 03 and 04): ``vision_learner`` cuts a
+network into a *body* and a new *head* and its parameters into *layer groups*, on which ``freeze_to``,
+``slice`` learning rates and ``fine_tune`` act.  The helpers show the groups (parameters, rates),
+cut a body into more of them, build a VGG-style head and write gradual unfreezing out.
 """
 
 from __future__ import annotations
