@@ -116,8 +116,7 @@ def _size(n: int) -> str:
 
 
 def cache_contents(cache: Path) -> list[tuple[str, int, int]]:
-    """(folder, files, bytes) for each top-level folder of the course cache, sorted, then for the
-    files loose in it, if any (hidden files not counted)."""
+    """(folder, files, bytes) for each top-level folder of the course cache, sorted, then loose files."""
     def tally(name: str, paths) -> tuple[str, int, int]:
         files = [f for f in paths if f.is_file() and not f.name.startswith(".")]
         return name, len(files), sum(f.stat().st_size for f in files)
@@ -149,8 +148,8 @@ def _mode_needs(s) -> list[tuple[str, str]]:
 
 
 def _section(heading: str, rows) -> bool:
-    """Print ``heading`` and the ``(what, state)`` pairs that ``rows()`` lists; True when a state
-    is DAMAGED or ``rows()`` fails with a ValueError (an unknown TLCOURSE_ARCH)."""
+    """Print ``heading`` and the ``(what, state)`` pairs of ``rows()``; True if one is DAMAGED or
+    ``rows()`` raises a ValueError (an unknown TLCOURSE_ARCH)."""
     print(heading)
     try:
         found = list(rows())
