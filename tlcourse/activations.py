@@ -1,15 +1,12 @@
-"""What a network computes inside (lesson 01): activations of named layers, the patches a
-channel likes best, an explorer.
-
-The hooks that read a layer's output (``hooks.capture``) and the layer listing
-(``hooks.layer_table``) live in :mod:`tlcourse.hooks`; the figures (filters, feature-map
-grids) in :mod:`tlcourse.plots`.
-"""
+"""What a network computes inside (lesson 01): activations of named layers, the patches a channel
+likes best, an explorer (hooks: :mod:`tlcourse.models.hooks`; figures: :mod:`tlcourse.plots`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import pandas as pd
@@ -37,10 +34,8 @@ def to_batch(model: torch.nn.Module, image: ImageLike) -> torch.Tensor:
 @torch.no_grad()
 def activations(model: torch.nn.Module, image: ImageLike,
                 layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
-    """One forward pass in eval mode; the named layers' outputs, in the order asked.
-
-    The model's train/eval mode is restored afterwards.
-    """
+    """One forward pass in eval mode (the model's mode is restored afterwards); the named
+    layers' outputs, in the order asked."""
     names = hooks.as_names(layers)
     was_training = model.training
     model.eval()
@@ -58,17 +53,14 @@ def activations(model: torch.nn.Module, image: ImageLike,
 
 def similarity(model: torch.nn.Module, images: Mapping[str, ImageLike], layer: str) -> pd.DataFrame:
     """Cosine similarity between the images' outputs of ``layer`` (flattened), image by image.
-
-    Near 1 everywhere means the layer describes every image the same way: a new
-    classifier reading that layer would have nothing to tell them apart by.
-    """
+    Near 1 everywhere means the layer describes every image alike: a classifier reading it could
+    not tell them apart."""
     if len(images) < 2:
         raise ValueError("similarity compares images: pass at least two, as {'name': image}.")
     batches = [to_batch(model, img) for img in images.values()]
     if len({b.shape for b in batches}) == 1:  # one forward pass for all images
-        outputs = activations(model, torch.cat(batches), layer)[layer].flatten(1)
-    else:
-        outputs = torch.cat([activations(model, b, layer)[layer].flatten(1) for b in batches])
+        batches = [torch.cat(batches)]
+    outputs = torch.cat([activations(model, b, layer)[layer].flatten(1) for b in batches])
     unit = torch.nn.functional.normalize(outputs.float(), dim=1)
     return pd.DataFrame((unit @ unit.T).numpy(), index=list(images), columns=list(images))
 
@@ -89,8 +81,7 @@ def unnormalise(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     import timm
 
     config = timm.data.resolve_data_config({}, model=model)
-    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
     return (batch * std + mean).clamp(0, 1)
 
 
@@ -98,104 +89,75 @@ class _Reached(Exception):
     """Raised by a hook to end a forward pass once the wanted layer has run."""
 
 
+def _stop(module, inputs, output):
+    raise _Reached
+
+
 @torch.no_grad()
 def batch_activations(model: torch.nn.Module, batch: torch.Tensor, layer: str,
                       chunk: int = 32) -> torch.Tensor:
-    """Outputs ``(N, C, H, W)`` of ``layer`` for a preprocessed batch, in eval mode.
-
-    Runs ``chunk`` images at a time and stops each forward pass as soon as
-    ``layer`` has run, so the layers above it cost nothing.  Hooks are removed
-    afterwards and the model's train/eval mode is restored.
-    """
+    """Outputs ``(N, C, H, W)`` of ``layer`` for a preprocessed batch, in eval mode (then restored),
+    ``chunk`` images at a time; each pass stops once ``layer`` has run, so the layers above cost nothing."""
     module = hooks.named_layers(model, [layer])[layer]
-
-    def stop(module, inputs, output):
-        raise _Reached
-
     parts, was_training = [], model.training
     model.eval()
     try:
-        with hooks.capture(model, layer) as store:
-            handle = module.register_forward_hook(stop)  # runs after capture's hook
-            try:
-                for i in range(0, len(batch), chunk):
-                    try:
-                        model(batch[i:i + chunk])
-                    except _Reached:
-                        pass
-                    parts.append(store.pop(layer))
-            finally:
-                handle.remove()
+        # the stop hook, registered second, runs after capture's; leaving the block removes both
+        with hooks.capture(model, layer) as store, module.register_forward_hook(_stop):
+            for i in range(0, len(batch), chunk):
+                with suppress(_Reached):
+                    model(batch[i:i + chunk])
+                parts.append(store.pop(layer))
     finally:
         model.train(was_training)
     return torch.cat(parts)
 
 
 def strongest(maps: torch.Tensor, channel: int, k: int) -> list[tuple[int, int, int]]:
-    """Where ``channel`` responds most in a batch of maps ``(N, C, H, W)``.
-
-    Each image counts once, at its strongest position: the result is
-    ``(image index, row, column)`` for the ``k`` images with the largest peaks,
-    strongest first.
-    """
+    """Where ``channel`` responds most in a batch of maps ``(N, C, H, W)``: ``(image index,
+    row, column)`` of the ``k`` images with the largest peaks, strongest first, each image
+    once, at its strongest position."""
     if maps.dim() != 4 or not 0 <= channel < maps.shape[1]:
         raise ValueError(f"expected maps (N, C, H, W) and a channel below C; got {tuple(maps.shape)} "
                          f"and channel {channel}.")
-    grid = maps[:, channel].flatten(1)
-    peaks, where = grid.max(dim=1)
+    peaks, where = maps[:, channel].flatten(1).max(dim=1)
     width = maps.shape[-1]
-    order = peaks.argsort(descending=True)[:k].tolist()
-    return [(i, int(where[i]) // width, int(where[i]) % width) for i in order]
+    return [(i, int(where[i]) // width, int(where[i]) % width)
+            for i in peaks.argsort(descending=True)[:k].tolist()]
 
 
 def patch_box(row: int, col: int, grid: Sequence[int], image: Sequence[int],
               patch: int) -> tuple[int, int, int, int]:
-    """Pixel box ``(top, left, bottom, right)`` of side ``patch`` centred on grid cell ``(row, col)``.
-
-    ``grid`` is the map's (H, W), ``image`` the input's (H, W); the box is moved,
-    not cut, to stay inside the image.
-    """
-    boxes = []
-    for index, cells, pixels in ((row, grid[0], image[0]), (col, grid[1], image[1])):
+    """Pixel box ``(top, left, bottom, right)`` of side ``patch`` centred on grid cell ``(row, col)``
+    of a map of size ``grid`` over an input of size ``image``; moved, not cut, to stay inside it."""
+    def start(index: int, cells: int, pixels: int) -> int:
         centre = (index + 0.5) * pixels / cells
-        start = int(round(centre - patch / 2))
-        start = max(0, min(start, pixels - patch))
-        boxes.append((start, start + patch))
-    (top, bottom), (left, right) = boxes
-    return top, left, bottom, right
+        return max(0, min(int(round(centre - patch / 2)), pixels - patch))
+
+    top, left = start(row, grid[0], image[0]), start(col, grid[1], image[1])
+    return top, left, top + patch, left + patch
 
 
 def selective_channels(maps: torch.Tensor, n: int) -> list[int]:
-    """The ``n`` channels whose peak response differs most from image to image.
-
-    For each channel, the peak over positions is taken in every image; channels
-    with the largest spread (standard deviation) of those peaks across images fire
-    strongly on some photos and little on others.  The same rule serves any model.
-    """
-    peaks = maps.flatten(2).amax(dim=2)  # (N, C)
-    return peaks.std(dim=0).topk(min(n, maps.shape[1])).indices.tolist()
+    """The ``n`` channels of maps ``(N, C, H, W)`` whose peak response differs most from image to
+    image (largest standard deviation of the per-image peaks): they fire on some photos only."""
+    return maps.flatten(2).amax(dim=2).std(dim=0).topk(min(n, maps.shape[1])).indices.tolist()
 
 
 def top_patches(model: torch.nn.Module, batch: torch.Tensor, layer: str, channels: Sequence[int],
                 k: int = 6, patch: int | None = None,
                 maps: torch.Tensor | None = None) -> dict[int, list[torch.Tensor]]:
-    """For each channel, the ``k`` image patches ``(3, patch, patch)`` in [0, 1] that excite it most.
-
-    ``batch`` is preprocessed ``(N, 3, H, W)``; one patch per image, centred on
-    the position of the channel's peak (:func:`strongest`).  ``patch`` defaults to
-    three grid cells.  Pass ``maps`` (from :func:`batch_activations`) to reuse them.
-    """
+    """For each channel, the ``k`` patches ``(3, patch, patch)`` in [0, 1] of the preprocessed ``batch``
+    that excite it most, one per image, centred on its peak (:func:`strongest`); ``patch`` defaults
+    to three grid cells; pass ``maps`` (:func:`batch_activations`) to reuse them."""
     maps = batch_activations(model, batch, layer) if maps is None else maps
     pixels = unnormalise(model, batch)
     grid, size = maps.shape[-2:], pixels.shape[-2:]
     patch = patch or int(3 * size[0] / grid[0])
     found = {}
-    for c in channels:
-        crops = []
-        for i, row, col in strongest(maps, int(c), k):
-            top, left, bottom, right = patch_box(row, col, grid, size, patch)
-            crops.append(pixels[i, :, top:bottom, left:right])
-        found[int(c)] = crops
+    for c in map(int, channels):
+        boxes = [(i, patch_box(row, col, grid, size, patch)) for i, row, col in strongest(maps, c, k)]
+        found[c] = [pixels[i, :, top:bottom, left:right] for i, (top, left, bottom, right) in boxes]
     return found
 
 
@@ -211,13 +173,8 @@ class Explorer:
 
 def explore(model: torch.nn.Module, images: Mapping[str, ImageLike], layers: Sequence[str],
             n_channels: int = 8) -> Explorer:
-    """An ipywidgets explorer of feature maps: choose image, layer and channels.
-
-    Returns the widget (show it with ``display(explorer.widget)``) and a static
-    figure of the default selection, which is what readers see where widgets are
-    not rendered (a static viewer, nbval, a PDF).  Each image runs through the
-    model once, on first use; changing the layer or channels reuses the result.
-    """
+    """An ipywidgets explorer of feature maps (choose image, layer and channels; each image runs
+    once) and a static figure of its default selection, for where widgets are not rendered."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -226,19 +183,16 @@ def explore(model: torch.nn.Module, images: Mapping[str, ImageLike], layers: Seq
         raise ValueError("explore needs at least one image: pass a dict such as {'coffee': photo}.")
     layers = hooks.as_names(layers)
     hooks.named_layers(model, layers)  # fail early, with the list of valid names
-    cache: dict[str, dict[str, torch.Tensor]] = {}
 
-    def maps_of(image: str, layer: str) -> torch.Tensor:
-        if image not in cache:
-            cache[image] = activations(model, images[image], layers)
-        return cache[image][layer][0]
+    @cache
+    def maps_of(image: str) -> dict[str, torch.Tensor]:
+        return activations(model, images[image], layers)
 
     def figure(image: str, layer: str, order: str, first: int, count: int, note: str = "") -> Figure:
-        maps = maps_of(image, layer)
+        maps = maps_of(image)[layer][0]
         ranked = (plots.top_channels(maps, maps.shape[0]) if order == "most varied first"
                   else list(range(maps.shape[0])))
-        first = min(first, len(ranked) - 1)
-        chosen = ranked[first:first + count]
+        chosen = ranked[min(first, len(ranked) - 1):][:count]
         return plots.plot_feature_maps(
             maps, channels=chosen,
             title=f"{image}: layer {layer!r}, {len(chosen)} of {maps.shape[0]} channels ({order}){note}")
@@ -248,16 +202,16 @@ def explore(model: torch.nn.Module, images: Mapping[str, ImageLike], layers: Seq
         display(fig)
         plt.close(fig)
 
-    widest = max(maps_of(next(iter(images)), layer).shape[0] for layer in layers)
+    first_image = next(iter(images))
+    widest = max(maps.shape[1] for maps in maps_of(first_image).values())
     widget = widgets.interactive(
         draw,
         image=widgets.Dropdown(options=list(images), description="image"),
         layer=widgets.Dropdown(options=layers, description="layer"),
-        order=widgets.ToggleButtons(options=["most varied first", "channel index"],
-                                    description="order"),
+        order=widgets.ToggleButtons(options=["most varied first", "channel index"], description="order"),
         first_channel=widgets.IntSlider(value=0, min=0, max=widest - 1, description="first"),
         count=widgets.IntSlider(value=n_channels, min=1, max=32, description="how many"),
     )
-    static = figure(next(iter(images)), layers[0], "most varied first", 0, n_channels,
+    static = figure(first_image, layers[0], "most varied first", 0, n_channels,
                     note="\nstatic view of the explorer's default selection")
     return Explorer(widget=widget, figure=static)

@@ -9,19 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-from tlcourse import notebooks, report
-from tlcourse.notebooks import notebook_files, write_student_copies
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+from tlcourse import report
+from tlcourse.notebooks import notebook_files, sync_colab, write_student_copies
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-
-
-def _notebooks(folder: Path) -> list[Path]:
-    found = notebook_files(folder)
-    if not found:
-        raise SystemExit(f"No notebooks (NN_topic.ipynb) found in {folder}; pass --notebooks DIR.")
-    return found
-
-
 #: Seconds one cell may run before ``tlcourse run`` gives up on its notebook (``--timeout``).
 DEFAULT_TIMEOUT = 1800
 
@@ -32,16 +27,8 @@ def _last_line(err: BaseException) -> str:
 
 
 def execute(path: Path, out_dir: Path, timeout: int = DEFAULT_TIMEOUT) -> dict:
-    """Run one notebook top to bottom in a fresh kernel; save the executed copy; summarise.
-
-    Whatever stops the notebook (an error in a cell, a cell over ``timeout`` seconds, a
-    kernel that dies) is recorded as its failure; the executed copy, as far as it got,
-    is written in every case.
-    """
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-
+    """Run one notebook in a fresh kernel, save the executed copy (as far as it got) and summarise;
+    whatever stops it (an error, a cell over ``timeout`` seconds, a dead kernel) is its failure."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
@@ -76,7 +63,7 @@ def _summary_markdown(rows: list[dict], mode: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Execute every notebook in order and write executed copies plus a summary."""
+    """Execute every notebook in a fresh kernel and summarise (executed copies, summary.md/json)."""
     from tqdm.auto import tqdm
 
     from tlcourse.settings import get_settings  # torch and fastai: kept off the start of `tlcourse --help`
@@ -86,9 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     mode = get_settings().mode
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = _notebooks(Path(args.notebooks))
-    if args.only:
-        paths = [p for p in paths if any(p.name.startswith(o) for o in args.only)]
+    paths = notebook_files(Path(args.notebooks))
+    if not paths:
+        raise SystemExit(f"No notebooks (NN_topic.ipynb) found in {args.notebooks}; pass --notebooks DIR.")
+    paths = [p for p in paths if not args.only or p.name.startswith(tuple(args.only))]
     rows = []
     bar = tqdm(paths, desc="notebooks", unit="nb")
     for path in bar:
@@ -103,20 +91,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_student(args: argparse.Namespace) -> int:
-    """Write student copies: solutions removed, outputs cleared, the rest identical."""
+    """Write student copies without solutions (outputs cleared, the rest identical)."""
     written = write_student_copies(Path(args.notebooks), Path(args.out))
     print(f"Wrote {len(written)} student notebooks to {args.out}")
     return 0
 
 
 def cmd_colab(args: argparse.Namespace) -> int:
-    """Rewrite every notebook's Colab badge and setup cell from notebooks.REPOSITORY."""
-    import nbformat
-
+    """Rewrite Colab badges and setup cells from the repository setting (notebooks.REPOSITORY)."""
     stale = []
-    for path in notebooks.notebook_files(Path(args.notebooks)):
+    for path in notebook_files(Path(args.notebooks)):
         nb = nbformat.read(path, as_version=4)
-        if notebooks.sync_colab(nb, path.name):
+        if sync_colab(nb, path.name):
             stale.append(path.name)
             if not args.check:
                 nbformat.write(nb, path)
@@ -130,53 +116,63 @@ def _size(n: int) -> str:
 
 
 def cache_contents(cache: Path) -> list[tuple[str, int, int]]:
-    """(folder, files, bytes) for each top-level folder of the course cache, sorted."""
-    rows = []
-    for folder in sorted(p for p in cache.iterdir() if p.is_dir()):
-        files = [f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")]
-        rows.append((folder.name, len(files), sum(f.stat().st_size for f in files)))
-    loose = [f for f in cache.iterdir() if f.is_file() and not f.name.startswith(".")]
-    if loose:
-        rows.append(("(files)", len(loose), sum(f.stat().st_size for f in loose)))
-    return rows
+    """(folder, files, bytes) for each top-level folder of the course cache, sorted, then loose files."""
+    def tally(name: str, paths) -> tuple[str, int, int]:
+        files = [f for f in paths if f.is_file() and not f.name.startswith(".")]
+        return name, len(files), sum(f.stat().st_size for f in files)
+
+    rows = [tally(p.name, p.rglob("*")) for p in sorted(cache.iterdir()) if p.is_dir()]
+    loose = tally("(files)", cache.iterdir())
+    return rows + [loose] if loose[1] else rows
 
 
 def _mode_needs(s) -> list[tuple[str, str]]:
     """(what, state) for everything the current mode uses: weights and data sets."""
     from tlcourse import models, settings  # torch and fastai: kept off the start of `tlcourse --help`
-    from tlcourse.data import download  # torch and fastai: kept off the start of `tlcourse --help`
+    from tlcourse.data import download
 
-    rows = []
     source, name = settings.arch_source(s.arch)
-    if source == "offline":
-        converted = s.cache_dir / "weights" / models.WEIGHTS_NAME
-        state = (f"ready     {converted}" if models._converted_ok(converted) else
-                 "not yet converted (done on first use from the installed package; no download)")
-        rows.append((f"weights {name}", state))
+    converted = s.cache_dir / "weights" / models.WEIGHTS_NAME
+    if source != "offline":
+        state = str(download.status([name])[name])
+    elif models._converted_ok(converted):
+        state = f"ready     {converted}"
     else:
-        rows.append((f"weights {name}", str(download.status([name])[name])))
-    for field in ("dataset", "few_shot_dataset", "far_dataset"):
-        data_set = getattr(s, field, None)
-        if not data_set or any(data_set == r[0].split(" ", 1)[-1] for r in rows):
-            continue
-        if data_set in download.DATASETS:
-            rows.append((f"data set {data_set}", str(download.status([data_set])[data_set])))
-        else:
-            rows.append((f"data set {data_set}", "ships with tlcourse (no download)"))
+        state = "not yet converted (done on first use from the installed package; no download)"
+    rows = [(f"weights {name}", state)]
+    for data_set in dict.fromkeys((s.dataset, s.few_shot_dataset, s.far_dataset)):
+        state = (str(download.status([data_set])[data_set]) if data_set in download.DATASETS
+                 else "ships with tlcourse (no download)")
+        rows.append((f"data set {data_set}", state))
     return rows
 
 
+def _section(heading: str, rows) -> bool:
+    """Print ``heading`` and the ``(what, state)`` pairs of ``rows()``; True if one is DAMAGED or
+    ``rows()`` raises a ValueError (an unknown TLCOURSE_ARCH)."""
+    print(heading)
+    try:
+        found = list(rows())
+    except ValueError as err:
+        print(f"  PROBLEM: {err}")
+        return True
+    for what, state in found:
+        print(f"  {what:<36} {state}")
+    if not found:
+        print("  (empty)")
+    return any(str(state).startswith("DAMAGED") for _, state in found)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    """A short report of the environment: versions, GPU, mode, what the mode needs, what is
-    cached, and what full mode would download."""
+    """Report versions, GPU, mode, what the mode needs, what is cached and what full mode
+    would download."""
     import torch
 
     from tlcourse import settings  # torch and fastai: kept off the start of `tlcourse --help`
-    from tlcourse.data import download  # torch and fastai: kept off the start of `tlcourse --help`
+    from tlcourse.data import download
 
     settings.check_versions()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
-    print(f"GPU: {gpu}")
+    print(f"GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none (CPU only)'}")
     try:
         s = settings.get_settings()
     except settings.CacheError as err:
@@ -186,36 +182,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     ok = settings.writable(s.cache_dir)
     print(f"cache: {s.cache_dir}" + ("" if ok else " (NOT writable: results and features are not "
                                           "kept; set TLCOURSE_CACHE to a writable folder)"))
-    code = 0 if ok else 1
-    print(f"What {s.mode} mode uses:")
-    try:
-        for what, state in _mode_needs(s):
-            print(f"  {what:<36} {state}")
-            code = 1 if state.startswith("DAMAGED") else code
-    except ValueError as err:  # an unknown TLCOURSE_ARCH
-        print(f"  PROBLEM: {err}")
-        code = 1
-    print("In the cache:")
-    rows = cache_contents(s.cache_dir)
-    for folder, n, size in rows:
-        print(f"  {folder + '/':<36} {n} files, {_size(size)}")
-    if not rows:
-        print("  (empty)")
-    print("Downloads of full mode (`tlcourse prefetch` gets them now):")
-    try:
-        for name, state in download.status(download.default_names(settings.full_arch())).items():
-            print(f"  {name:<36} {state}")
-            code = 1 if state.problem else code
-    except ValueError as err:
-        print(f"  PROBLEM: {err}")
-        code = 1
-    return code
+    uses = _section(f"What {s.mode} mode uses:", lambda: _mode_needs(s))
+    _section("In the cache:", lambda: [(f"{folder}/", f"{n} files, {_size(size)}")
+                                       for folder, n, size in cache_contents(s.cache_dir)])
+    downloads = _section("Downloads of full mode (`tlcourse prefetch` gets them now):",
+                         lambda: download.status(download.default_names(settings.full_arch())).items())
+    return 1 if not ok or uses or downloads else 0
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
-    """Download everything full mode needs, ahead of a workshop."""
+    """Download what full mode needs (data sets, weights), ahead of a workshop."""
     from tlcourse import settings  # torch and fastai: kept off the start of `tlcourse --help`
-    from tlcourse.data import download  # torch and fastai: kept off the start of `tlcourse --help`
+    from tlcourse.data import download
 
     try:
         download.prefetch(args.what or download.default_names(settings.full_arch()))
@@ -226,30 +204,24 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """One subcommand per ``cmd_*`` function, named after it; its docstring is the help."""
     parser = argparse.ArgumentParser(prog="tlcourse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="execute every notebook in a fresh kernel and summarise")
+    made = []
+    for func in (cmd_run, cmd_student, cmd_colab, cmd_check, cmd_prefetch):
+        made.append(sub.add_parser(func.__name__.removeprefix("cmd_"), help=func.__doc__.split("\n\n")[0]))
+        made[-1].set_defaults(func=func)
+    run, student, colab, _, prefetch = made
+    for command in (run, student, colab):
+        command.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_topic.ipynb files")
     run.add_argument("--mode", choices=["quick", "full"], help="override TLCOURSE_MODE")
-    run.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_topic.ipynb files")
     run.add_argument("--out", default="build/run", help="folder for executed copies and summary")
     run.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 00 03")
-    run.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT,
-                     help=f"seconds one cell may run before its notebook counts as failed "
-                          f"(default {DEFAULT_TIMEOUT})")
-    run.set_defaults(func=cmd_run)
-    student = sub.add_parser("student", help="write student copies without solutions")
-    student.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_topic.ipynb files")
+    run.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, help="seconds one cell may run "
+                     f"before its notebook counts as failed (default {DEFAULT_TIMEOUT})")
     student.add_argument("--out", default="build/student", help="folder for the student copies")
-    student.set_defaults(func=cmd_student)
-    colab = sub.add_parser("colab", help="rewrite Colab badges and setup cells from the repository setting")
-    colab.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_topic.ipynb files")
     colab.add_argument("--check", action="store_true", help="only report notebooks that are out of date")
-    colab.set_defaults(func=cmd_colab)
-    check = sub.add_parser("check", help="report versions, GPU, mode and what is cached")
-    check.set_defaults(func=cmd_check)
-    prefetch = sub.add_parser("prefetch", help="download what full mode needs (data sets, weights)")
     prefetch.add_argument("what", nargs="*", help="names to fetch (default: everything)")
-    prefetch.set_defaults(func=cmd_prefetch)
     return parser
 
 

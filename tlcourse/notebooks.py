@@ -1,8 +1,7 @@
 """The course's notebooks as files: their fixed opening, student copies, and an audit.
 
-``REPOSITORY`` is the one place that names the repository: the Colab badge and the
-setup cell of every notebook are generated from it by ``sync_colab`` (``tlcourse
-colab``), and a test fails while a notebook disagrees.
+``REPOSITORY`` is the one place that names the repository: ``sync_colab`` (``tlcourse colab``)
+writes every notebook's Colab badge and setup cell from it; a test fails while one disagrees.
 """
 
 from __future__ import annotations
@@ -30,14 +29,13 @@ def badge(name: str) -> str:
 
 def setup_source() -> str:
     """The setup cell: installs the course on Colab, does nothing anywhere else."""
-    return (
-        "# Setup: on Colab this installs the course; anywhere else it does nothing.\n"
-        "import sys\n\n"
-        f'REPO = "https://github.com/{REPOSITORY}"\n'
-        'if "google.colab" in sys.modules:\n'
-        "    import subprocess\n"
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"tlcourse @ git+{REPO}"], check=True)'
-    )
+    return f"""# Setup: on Colab this installs the course; anywhere else it does nothing.
+import sys
+
+REPO = "https://github.com/{REPOSITORY}"
+if "google.colab" in sys.modules:
+    import subprocess
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"tlcourse @ git+{{REPO}}"], check=True)"""
 
 
 def _tags(cell) -> list[str]:
@@ -51,14 +49,11 @@ def notebook_files(folder: Path) -> list[Path]:
 
 def sync_colab(nb, name: str) -> bool:
     """Make ``nb``'s badge and setup cell match ``REPOSITORY``; True if anything changed."""
-    changed = False
     first = nb.cells[0]
-    wanted = _BADGE.sub(badge(name), first.source) if _BADGE.search(first.source) else None
-    if wanted is None:
-        lines = first.source.split("\n")
-        wanted = "\n".join(lines[:1] + ["", badge(name)] + lines[1:])
-    if wanted != first.source:
-        first.source, changed = wanted, True
+    lines = first.source.split("\n")
+    wanted = (_BADGE.sub(badge(name), first.source) if _BADGE.search(first.source)
+              else "\n".join(lines[:1] + ["", badge(name)] + lines[1:]))
+    changed, first.source = wanted != first.source, wanted
     for cell in nb.cells:
         if SETUP_TAG in _tags(cell) and cell.source != setup_source():
             cell.source, changed = setup_source(), True
@@ -67,36 +62,26 @@ def sync_colab(nb, name: str) -> bool:
 
 def structure_problems(nb, name: str) -> list[str]:
     """Everything about ``nb`` that breaks the course's conventions (empty list: none)."""
-    problems = []
-    if not nb.cells or nb.cells[0].cell_type != "markdown" or not nb.cells[0].source.startswith("# "):
+    problems, cells = [], nb.cells
+    code = [c for c in cells if c.cell_type == "code"]
+    if not cells or cells[0].cell_type != "markdown" or not cells[0].source.startswith("# "):
         problems.append("the first cell must be a markdown title '# N. Title'")
-    elif badge(name) not in nb.cells[0].source:
+    elif badge(name) not in cells[0].source:
         problems.append("the first cell lacks the Colab badge for this repository (run `tlcourse colab`)")
-    setups = [c for c in nb.cells if SETUP_TAG in _tags(c)]
+    setups = [c for c in cells if SETUP_TAG in _tags(c)]
     if len(setups) != 1 or setups[0].source != setup_source():
         problems.append("there must be exactly one setup cell (tag 'setup') with the standard source")
-    if not any("check_versions()" in c.source for c in nb.cells if c.cell_type == "code"):
+    if not any("check_versions()" in c.source for c in code):
         problems.append("no cell calls settings.check_versions()")
     for title in ("## Exercises", "## Summary"):
-        if not any(c.cell_type == "markdown" and title in c.source for c in nb.cells):
+        if not any(c.cell_type == "markdown" and title in c.source for c in cells):
             problems.append(f"missing a '{title}' section")
-    problems += _audit_exercises(nb)
-    if any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code"):
-        problems.append("the notebook is stored with outputs: clear them")
-    if any("import *" in c.source and "tlcourse" in c.source for c in nb.cells if c.cell_type == "code"):
-        problems.append("star import from tlcourse: import the modules explicitly")
-    return problems
-
-
-def _audit_exercises(nb) -> list[str]:
-    """Each exercise cell holds the placeholder and a check, and is followed by its solution."""
-    problems, cells = [], nb.cells
+    # each exercise cell holds the placeholder and a check, and is followed by its collapsed solution
     exercises = [i for i, c in enumerate(cells) if EXERCISE_TAG in _tags(c)]
     if not exercises:
         problems.append("no exercise cells (tag 'exercise')")
     for i in exercises:
-        cell = cells[i]
-        if PLACEHOLDER not in cell.source or "exercises.check_" not in cell.source:
+        if PLACEHOLDER not in cells[i].source or "exercises.check_" not in cells[i].source:
             problems.append(f"exercise cell {i} needs '{PLACEHOLDER}' and an exercises.check_... call")
         nxt = cells[i + 1] if i + 1 < len(cells) else None
         if nxt is None or SOLUTION_TAG not in _tags(nxt):
@@ -106,33 +91,31 @@ def _audit_exercises(nb) -> list[str]:
     for i, c in enumerate(cells):
         if SOLUTION_TAG in _tags(c) and (i == 0 or EXERCISE_TAG not in _tags(cells[i - 1])):
             problems.append(f"solution cell {i} does not follow an exercise cell")
+    if any(c.get("outputs") or c.get("execution_count") for c in code):
+        problems.append("the notebook is stored with outputs: clear them")
+    if any("import *" in c.source and "tlcourse" in c.source for c in code):
+        problems.append("star import from tlcourse: import the modules explicitly")
     return problems
 
 
 def student_copy(nb):
     """A copy of ``nb`` without solution cells and without outputs; all else identical
     (nbconvert's ``TagRemovePreprocessor`` and ``ClearOutputPreprocessor``)."""
-    out = copy.deepcopy(nb)
-    resources: dict = {}
-    out, resources = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}).preprocess(out, resources)
-    out, _ = ClearOutputPreprocessor().preprocess(out, resources)
-    return out
+    out, resources = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}).preprocess(copy.deepcopy(nb), {})
+    return ClearOutputPreprocessor().preprocess(out, resources)[0]
 
 
 def write_student_copies(source: Path, target: Path) -> list[Path]:
-    """Write a student copy of every lesson notebook in ``source`` into ``target``.
-
-    ``target`` must differ from ``source``: the originals are never overwritten.
-    """
+    """Write a student copy of every lesson notebook in ``source`` into ``target``, which must
+    differ from ``source``: the originals are never overwritten."""
     source, target = Path(source).resolve(), Path(target).resolve()
     if source == target:
-        raise ValueError("Student copies need their own folder: pass an --out different from the notebooks folder.")
+        raise ValueError("Student copies need their own folder: pass an --out different from the "
+                         "notebooks folder.")
     paths = notebook_files(source)
     if not paths:
         raise ValueError(f"No lesson notebooks (NN_topic.ipynb) in {source}.")
     target.mkdir(parents=True, exist_ok=True)
-    written = []
     for path in paths:
         nbformat.write(student_copy(nbformat.read(path, as_version=4)), target / path.name)
-        written.append(target / path.name)
-    return written
+    return [target / path.name for path in paths]

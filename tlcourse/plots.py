@@ -1,7 +1,5 @@
-"""Figures of the course: labelled (title, axes with units, legend), readable in a
-notebook and in print, and returned as matplotlib Figures so tests and notebooks
-can inspect or save them.  Importing this module changes no global state.
-"""
+"""Figures of the course: labelled (title, axes with units, legend), readable in a notebook and
+in print, returned as matplotlib Figures to inspect or save.  Importing it changes no global state."""
 
 from __future__ import annotations
 
@@ -27,11 +25,8 @@ ILSVRC_COLUMNS = ("kind", "year", "team", "model", "label", "top5_error_pct", "e
 
 
 def ilsvrc_table() -> pd.DataFrame:
-    """The ILSVRC classification winners 2010-2017 and the human-level estimate.
-
-    Read from ``tlcourse/ilsvrc.csv`` (package data), whose ``source`` column cites
-    where each figure comes from; ``kind`` is ``winner`` or ``human``.
-    """
+    """The ILSVRC classification winners 2010-2017 (``kind`` ``winner``) and the human-level estimate
+    (``human``), from the package's ``ilsvrc.csv``, whose ``source`` column cites each figure."""
     with resources.files("tlcourse").joinpath("ilsvrc.csv").open(encoding="utf-8") as f:
         table = pd.read_csv(f, keep_default_na=False)
     missing = set(ILSVRC_COLUMNS) - set(table.columns)
@@ -44,25 +39,20 @@ def plot_ilsvrc(table: pd.DataFrame | None = None) -> Figure:
     """Bar chart of the winning top-5 error by year, coloured by era, human estimate dashed."""
     table = ilsvrc_table() if table is None else table
     winners = table[table["kind"] == "winner"].sort_values("year")
-    humans = table[table["kind"] == "human"]
     fig, ax = plt.subplots(figsize=(10, 5.2))
-    colours = [ERA_COLOURS.get(era, "tab:grey") for era in winners["era"]]
-    bars = ax.bar(winners["year"], winners["top5_error_pct"], color=colours, width=0.7)
-    for bar, (_, row) in zip(bars, winners.iterrows()):
-        ax.annotate(f"{row['top5_error_pct']:g}%\n{row['label']}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    bars = ax.bar(winners["year"], winners["top5_error_pct"], width=0.7,
+                  color=[ERA_COLOURS.get(era, "tab:grey") for era in winners["era"]])
+    ax.bar_label(bars, [f"{e:g}%\n{label}" for e, label in zip(winners["top5_error_pct"], winners["label"])],
+                 padding=3, fontsize=8)
     handles = [Patch(color=c, label=f"{era} era winner") for era, c in ERA_COLOURS.items()
                if era in set(winners["era"])]
-    for _, row in humans.iterrows():
+    for _, row in table[table["kind"] == "human"].iterrows():
         ax.axhline(row["top5_error_pct"], color="black", linestyle="--", linewidth=1.2)
         handles.append(Line2D([], [], color="black", linestyle="--",
                               label=f"human-level estimate: {row['top5_error_pct']:g}% ({row['label']})"))
-    ax.set_xticks(winners["year"])
-    ax.set_xlabel("ILSVRC year")
-    ax.set_ylabel("winning top-5 error (%)")
-    ax.set_ylim(0, winners["top5_error_pct"].max() * 1.2)
-    ax.set_title("ImageNet challenge (ILSVRC): top-5 classification error of the winner, by year")
+    ax.set(xticks=winners["year"], xlabel="ILSVRC year", ylabel="winning top-5 error (%)",
+           ylim=(0, winners["top5_error_pct"].max() * 1.2),
+           title="ImageNet challenge (ILSVRC): top-5 classification error of the winner, by year")
     ax.legend(handles=handles, loc="upper right")
     fig.text(0.01, 0.005, "Data: tlcourse/ilsvrc.csv, from Russakovsky et al. (IJCV 2015) and the "
              "winners' papers; its 'source' column cites each row.", fontsize=7, color="dimgray")
@@ -70,48 +60,43 @@ def plot_ilsvrc(table: pd.DataFrame | None = None) -> Figure:
     return fig
 
 
-def _grid(n: int, ncols: int) -> tuple[int, int]:
+def _grid(n: int, ncols: int, width: float, height: float):
+    """A figure with a grid of ``n`` axes, at most ``ncols`` wide; the axes as a flat list."""
     ncols = max(1, min(ncols, n))
-    return math.ceil(n / ncols), ncols
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.9), squeeze=False)
+    return fig, list(axes.flat)
 
 
-def _bare(ax) -> None:
-    """No ticks on an image axis (its ylabel, if any, stays visible)."""
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _show(ax, image=None, title: str = "", **imshow) -> None:
+    """``image`` on an axis without ticks (its ylabel stays visible); no image: the axis hidden."""
+    if image is None:
+        ax.axis("off")
+        return
+    ax.imshow(image, **imshow)
+    ax.set_title(title, fontsize=8)
+    ax.set(xticks=[], yticks=[])
 
 
 def plot_filters(weight: torch.Tensor, max_filters: int = 32, ncols: int = 8,
                  title: str | None = None) -> Figure:
-    """Convolution filters ``(out, in, kh, kw)`` as small images, one per filter.
-
-    Each filter is scaled to [0, 1] on its own (its smallest weight black, its
-    largest white), so the pattern is visible whatever its magnitude.  Filters on
-    3 input channels are shown in colour (RGB), others as the mean over inputs.
-    """
+    """Convolution filters ``(out, in, kh, kw)`` as small images, each scaled to [0, 1] on its own
+    so its pattern shows whatever its magnitude; in colour on 3 input channels, else the mean."""
     w = weight.detach().float().cpu()
     if w.dim() != 4:
         raise ValueError(f"expected convolution weights (out, in, kh, kw), got shape {tuple(w.shape)}.")
     total, channels, kh, kw = w.shape
-    w = w[:max_filters]
-    images = w.permute(0, 2, 3, 1) if channels == 3 else w.mean(dim=1, keepdim=True).permute(0, 2, 3, 1)
-    low = images.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
-    high = images.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
-    images = (images - low) / (high - low).clamp_min(1e-8)
-    nrows, ncols = _grid(len(images), ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.2 * ncols, 1.3 * nrows + 0.9), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i < len(images):
-            img = images[i].numpy()
-            ax.imshow(img if channels == 3 else img[..., 0], cmap=None if channels == 3 else "gray",
-                      interpolation="nearest", vmin=0, vmax=1)
-            ax.set_title(f"filter {i}", fontsize=8)
-            _bare(ax)
-        else:
-            ax.axis("off")
-    colour = "RGB" if channels == 3 else "mean over inputs"
+    rgb = channels == 3
+    w = w[:max_filters] if rgb else w[:max_filters].mean(dim=1, keepdim=True)
+    low, high = w.amin(dim=(1, 2, 3), keepdim=True), w.amax(dim=(1, 2, 3), keepdim=True)
+    images = ((w - low) / (high - low).clamp_min(1e-8)).permute(0, 2, 3, 1).numpy()
+    images = images if rgb else images[..., 0]
+    fig, axes = _grid(len(images), ncols, 1.2, 1.3)
+    for i, ax in enumerate(axes):
+        _show(ax, images[i] if i < len(images) else None, f"filter {i}", cmap=None if rgb else "gray",
+              interpolation="nearest", vmin=0, vmax=1)
     fig.suptitle(title or f"Convolution filters: {len(images)} of {total}, each {kh}×{kw} pixels "
-                 f"({colour}), each scaled to [0, 1] on its own", fontsize=11)
+                 f"({'RGB' if rgb else 'mean over inputs'}), each scaled to [0, 1] on its own", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -132,33 +117,28 @@ def top_channels(maps: torch.Tensor, n: int) -> list[int]:
     return maps.flatten(1).std(dim=1).topk(min(n, maps.shape[0])).indices.tolist()
 
 
+def _map_row(axes, maps: torch.Tensor, chosen: Sequence[int], cmap: str) -> None:
+    """Channels ``chosen`` of ``maps`` on ``axes``, titled by channel; spare axes hidden."""
+    for i, ax in enumerate(axes):
+        c = int(chosen[i]) if i < len(chosen) else None
+        _show(ax, None if c is None else maps[c].numpy(), f"channel {c}", cmap=cmap)
+
+
 def plot_feature_maps(maps: torch.Tensor, channels: Sequence[int] | None = None, n: int = 8,
                       ncols: int = 8, title: str | None = None, cmap: str = "viridis") -> Figure:
-    """A grid of feature maps ``(C, H, W)``, one image per channel, titled by channel.
-
-    ``channels`` picks which; by default the ``n`` that vary most across the
-    image (:func:`top_channels`).  Each map is scaled to its own range (bright =
-    strongest response).
-    """
+    """A grid of feature maps ``(C, H, W)``, one per channel, each scaled to its own range (bright =
+    strongest response); ``channels`` picks which, by default the ``n`` :func:`top_channels`."""
     maps = _maps(maps)
+    c, h, w = maps.shape
     chosen = list(channels) if channels is not None else top_channels(maps, n)
     if not chosen:
         raise ValueError("no channels to show: pass at least one channel index.")
-    bad = [c for c in chosen if not 0 <= int(c) < maps.shape[0]]
+    bad = [ch for ch in chosen if not 0 <= int(ch) < c]
     if bad:
-        raise ValueError(f"channels {bad} do not exist: this layer has {maps.shape[0]} (0 to "
-                         f"{maps.shape[0] - 1}).")
-    nrows, ncols = _grid(len(chosen), ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.6 * nrows + 0.9), squeeze=False)
-    for ax, c in zip(axes.flat, chosen):
-        ax.imshow(maps[int(c)].numpy(), cmap=cmap)
-        ax.set_title(f"channel {int(c)}", fontsize=8)
-        _bare(ax)
-    for ax in list(axes.flat)[len(chosen):]:
-        ax.axis("off")
-    c, h, w = maps.shape
-    fig.suptitle(title or f"Feature maps: {len(chosen)} of {c} channels, {h}×{w} positions",
-                 fontsize=11)
+        raise ValueError(f"channels {bad} do not exist: this layer has {c} (0 to {c - 1}).")
+    fig, axes = _grid(len(chosen), ncols, 1.6, 1.6)
+    _map_row(axes, maps, chosen, cmap)
+    fig.suptitle(title or f"Feature maps: {len(chosen)} of {c} channels, {h}×{w} positions", fontsize=11)
     fig.text(0.5, 0.005, "each map scaled to its own range; bright = strong response",
              ha="center", fontsize=7, color="dimgray")
     fig.tight_layout(rect=(0, 0.02, 1, 1))
@@ -167,12 +147,8 @@ def plot_feature_maps(maps: torch.Tensor, channels: Sequence[int] | None = None,
 
 def plot_feature_comparison(columns: Mapping[str, Mapping[str, torch.Tensor]], n_channels: int = 4,
                             title: str | None = None, cmap: str = "viridis") -> Figure:
-    """Feature maps of several models side by side: one panel per model, one row per layer.
-
-    ``columns`` maps a panel title (``"pretrained"``) to ``{layer name: maps}``,
-    every panel with the same layers.  Each row shows that model's ``n_channels``
-    most varied channels (:func:`top_channels`), each scaled to its own range.
-    """
+    """Feature maps of several models side by side: ``columns`` maps a panel title to ``{layer: maps}``
+    (the same layers in each); a row per layer shows its ``n_channels`` :func:`top_channels`."""
     if not columns:
         raise ValueError("nothing to compare: pass {'panel title': {'layer': maps}, ...}.")
     layers = list(next(iter(columns.values())))
@@ -181,48 +157,34 @@ def plot_feature_comparison(columns: Mapping[str, Mapping[str, torch.Tensor]], n
             raise ValueError(f"panel {label!r} has layers {list(found)}, expected {layers} as in the first.")
     fig = plt.figure(figsize=(1.6 * n_channels * len(columns) + 1.2, 1.75 * len(layers) + 1.0),
                      layout="constrained")
-    panels = fig.subfigures(1, len(columns), wspace=0.04)
-    for panel, (label, found) in zip(list(getattr(panels, "flat", [panels])), columns.items()):
-        axes = panel.subplots(len(layers), n_channels, squeeze=False)
-        for row, layer in zip(axes, layers):
+    panels = fig.subfigures(1, len(columns), wspace=0.04, squeeze=False)[0]
+    for panel, (label, found) in zip(panels, columns.items()):
+        for row, layer in zip(panel.subplots(len(layers), n_channels, squeeze=False), layers):
             maps = _maps(found[layer])
-            chosen = top_channels(maps, n_channels)
-            for ax, c in zip(row, chosen):
-                ax.imshow(maps[c].numpy(), cmap=cmap)
-                ax.set_title(f"channel {c}", fontsize=8)
-                _bare(ax)
-            for ax in row[len(chosen):]:
-                ax.axis("off")
+            _map_row(row, maps, top_channels(maps, n_channels), cmap)
             c, h, w = maps.shape
             row[0].set_ylabel(f"{layer}\n{c} ch, {h}×{w}", fontsize=9)
         panel.suptitle(label, fontsize=11)
-    fig.suptitle(title or "Feature maps side by side (most varied channels, each map scaled to its own range)",
-                 fontsize=12)
+    fig.suptitle(title or "Feature maps side by side (most varied channels, each map scaled to its own "
+                 "range)", fontsize=12)
     return fig
 
 
 def plot_predictions(images: Mapping[str, object], predictions: Mapping[str, Sequence[tuple[str, float]]],
                      title: str | None = None) -> Figure:
-    """Photos in a row, each above a bar chart of its top-k classes and probabilities.
-
-    ``images`` maps a name to a PIL image (or array); ``predictions`` maps the same
-    names to ``[(class name, probability), ...]`` as ``models.top_k`` returns them.
-    Long class names are cut to their first synonym.
-    """
-    names = list(images)
-    fig, axes = plt.subplots(2, len(names), figsize=(3.3 * len(names), 6.2), squeeze=False,
+    """Photos in a row, each above a bar chart of its top-k classes (cut to their first synonym):
+    ``images`` maps a name to a PIL image (or array), ``predictions`` the same names to
+    ``[(class name, probability), ...]`` as ``models.top_k`` returns them."""
+    fig, axes = plt.subplots(2, len(images), figsize=(3.3 * len(images), 6.2), squeeze=False,
                              gridspec_kw={"height_ratios": (1.2, 1)})
-    for col, name in enumerate(names):
-        top, bottom = axes[0, col], axes[1, col]
-        top.imshow(images[name])
+    for (top, bottom), (name, image) in zip(axes.T, images.items()):
+        top.imshow(image)
         top.set_title(name, fontsize=10)
         top.axis("off")
         pairs = list(predictions[name])
-        labels = [label.split(",")[0][:24] for label, _ in pairs][::-1]
         probs = [100 * p for _, p in pairs][::-1]
-        bottom.barh(labels, probs, color="tab:blue")
-        bottom.set_xlim(0, 100)
-        bottom.set_xlabel("probability (%)")
+        bottom.barh([label.split(",")[0][:24] for label, _ in pairs][::-1], probs, color="tab:blue")
+        bottom.set(xlim=(0, 100), xlabel="probability (%)")
         bottom.tick_params(axis="y", labelsize=8)
         for y, p in enumerate(probs):
             bottom.text(min(p + 2, 80), y, f"{p:.1f}%", va="center", fontsize=8)
@@ -233,30 +195,23 @@ def plot_predictions(images: Mapping[str, object], predictions: Mapping[str, Seq
 
 def plot_top_patches(panels: Mapping[str, Mapping[int, Sequence[torch.Tensor]]],
                      title: str | None = None) -> Figure:
-    """What channels respond to: one panel per model, one row per channel, its top patches left to right.
-
-    ``panels`` maps a panel title (``"pretrained"``) to ``{channel: [patch, ...]}``
-    as :func:`tlcourse.activations.top_patches` returns it (patches ``(3, h, w)``
-    in [0, 1], strongest first).  Every panel must show the same number of channels.
-    """
+    """What channels respond to: one panel per model, one row per channel, its top patches left to
+    right.  ``panels`` maps a title to ``{channel: [patch, ...]}`` as ``activations.top_patches``
+    returns it (strongest first), the same number of channels in each."""
     if not panels:
         raise ValueError("nothing to show: pass {'panel title': {channel: [patch, ...]}, ...}.")
     rows = {len(found) for found in panels.values()}
     if len(rows) != 1 or not rows.pop():
         raise ValueError("every panel needs the same, non-zero number of channels.")
-    first = next(iter(panels.values()))
-    n_rows, n_cols = len(first), max(len(p) for found in panels.values() for p in found.values())
+    n_rows = len(next(iter(panels.values())))
+    n_cols = max(len(p) for found in panels.values() for p in found.values())
     fig = plt.figure(figsize=(1.25 * n_cols * len(panels) + 1.0, 1.3 * n_rows + 1.2), layout="constrained")
-    subfigs = fig.subfigures(1, len(panels), wspace=0.05)
-    for sub, (label, found) in zip(list(getattr(subfigs, "flat", [subfigs])), panels.items()):
+    subfigs = fig.subfigures(1, len(panels), wspace=0.05, squeeze=False)[0]
+    for sub, (label, found) in zip(subfigs, panels.items()):
         axes = sub.subplots(n_rows, n_cols, squeeze=False)
         for row, (channel, patches) in zip(axes, found.items()):
             for j, ax in enumerate(row):
-                if j < len(patches):
-                    ax.imshow(patches[j].permute(1, 2, 0).numpy())
-                _bare(ax)
-                if j >= len(patches):
-                    ax.axis("off")
+                _show(ax, patches[j].permute(1, 2, 0).numpy() if j < len(patches) else None)
             row[0].set_ylabel(f"channel {channel}", fontsize=9)
         for j, ax in enumerate(axes[0]):
             ax.set_title(f"#{j + 1}", fontsize=8)
@@ -270,11 +225,8 @@ def plot_top_patches(panels: Mapping[str, Mapping[int, Sequence[torch.Tensor]]],
 
 def plot_projections(panels: Mapping[str, tuple[object, object]], classes: Sequence[str],
                      method: str = "PCA", title: str | None = None) -> Figure:
-    """2-D projections of feature sets side by side, one panel each, points coloured by class.
-
-    ``panels`` maps a panel title (``"pretrained"``) to ``(points, labels)``: an
-    ``(n, 2)`` array of coordinates and ``n`` class indices into ``classes``.
-    """
+    """2-D projections of feature sets side by side, points coloured by class: ``panels`` maps a
+    title to ``(points, labels)``, ``(n, 2)`` coordinates and ``n`` class indices into ``classes``."""
     if not panels:
         raise ValueError("nothing to plot: pass {'panel title': (points, labels), ...}.")
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
@@ -288,8 +240,7 @@ def plot_projections(panels: Mapping[str, tuple[object, object]], classes: Seque
             keep = ys == c
             ax.scatter(pts[keep, 0], pts[keep, 1], s=16, alpha=0.8, color=cmap(c % cmap.N), label=name)
         ax.set_title(label, fontsize=11)
-        ax.set_xlabel(f"{method} axis 1 (arbitrary units)")
-        ax.set_ylabel(f"{method} axis 2 (arbitrary units)")
+        ax.set(xlabel=f"{method} axis 1 (arbitrary units)", ylabel=f"{method} axis 2 (arbitrary units)")
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=min(len(classes), 8), fontsize=9,
                title="class", markerscale=1.5)
@@ -300,39 +251,15 @@ def plot_projections(panels: Mapping[str, tuple[object, object]], classes: Seque
 
 # --- training / lessons 03-04 ---------------------------------------------------------
 
-def _history(history):
-    """A ``records.History`` from a History or a Learner (read from its Recorder)."""
-    if hasattr(history, "recorder"):
-        return History.of(history)
-    if not hasattr(history, "epochs") or not hasattr(history, "batches"):
-        raise ValueError("expected a records.History or a fastai Learner, "
-                         f"got {type(history).__name__}.")
-    return history
-
-
-def _stage_marks(ax, epochs: pd.DataFrame, labels: bool = False) -> None:
-    """Dotted vertical lines where a new training stage starts; with ``labels`` its name is
-    written along the bottom of the axes, where accuracy curves leave room."""
-    stages = epochs.groupby("stage", sort=False)["epoch"].agg(["min", "max"])
-    if len(stages) < 2:
-        return
-    for name, (first, _) in stages.iterrows():
-        ax.axvline(first - 1, color="grey", linestyle=":", linewidth=1)
-        if labels:
-            ax.text(first - 1, 0.02, f" {name}", transform=ax.get_xaxis_transform(),
-                    va="bottom", ha="left", fontsize=7.5, color="dimgray")
-
-
 def plot_training_curves(history, title: str | None = None) -> Figure:
-    """Training curves from fastai's Recorder: losses (left) and validation accuracy (right)
-    against epochs.
-
-    ``history`` is a ``records.History`` (several stages joined are marked by dotted
-    lines and named along the bottom of the accuracy panel) or a Learner right after ``fit``.  The thin line is the smoothed training loss
-    of every batch; dots are the per-epoch training and validation losses.
-    """
-    h = _history(history)
-    e, b = h.epochs, h.batches
+    """Losses (left; a thin line per batch, smoothed, and dots per epoch) and validation accuracy
+    (right) against epochs, from a ``records.History`` (its stages marked by dotted lines, named
+    in the accuracy panel) or a Learner after ``fit``."""
+    if hasattr(history, "recorder"):
+        history = History.of(history)
+    elif not hasattr(history, "epochs") or not hasattr(history, "batches"):
+        raise ValueError(f"expected a records.History or a fastai Learner, got {type(history).__name__}.")
+    e, b = history.epochs, history.batches
     if not len(e):
         raise ValueError("the history is empty: train first (fit, fit_one_cycle or fine_tune).")
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -341,22 +268,22 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
                      label="training loss, each batch (smoothed)")
     ax_loss.plot(e["epoch"], e["train_loss"], "o-", color="tab:blue", label="training loss, end of epoch")
     ax_loss.plot(e["epoch"], e["valid_loss"], "s-", color="tab:orange", label="validation loss")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy loss (nats)")
-    ax_loss.set_title("Loss")
-    ax_loss.set_ylim(bottom=0)
+    ax_loss.set(ylabel="cross-entropy loss (nats)", title="Loss", ylim=(0, None))
     ax_loss.legend(fontsize=8)
     if "accuracy" in e:
         ax_acc.plot(e["epoch"], 100 * e["accuracy"], "s-", color="tab:green", label="validation accuracy")
         ax_acc.set_ylim(0, 100)
         ax_acc.legend(fontsize=8, loc="upper right")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("validation accuracy (%)")
-    ax_acc.set_title("Accuracy")
+    ax_acc.set(ylabel="validation accuracy (%)", title="Accuracy")
+    starts = e.groupby("stage", sort=False)["epoch"].min() - 1
     for ax in (ax_loss, ax_acc):
-        ax.set_xlim(0, float(e["epoch"].max()) + 0.2)
+        ax.set(xlabel="epoch", xlim=(0, float(e["epoch"].max()) + 0.2))
         ax.grid(alpha=0.3)
-        _stage_marks(ax, e, labels=ax is ax_acc)
+        for name, start in starts.items() if len(starts) > 1 else ():  # a dotted line per stage
+            ax.axvline(start, color="grey", linestyle=":", linewidth=1)
+            if ax is ax_acc:  # named along the bottom, where accuracy curves leave room
+                ax.text(start, 0.02, f" {name}", transform=ax.get_xaxis_transform(),
+                        va="bottom", ha="left", fontsize=7.5, color="dimgray")
     fig.suptitle(title or "Training curves", fontsize=12)
     fig.tight_layout()
     return fig
@@ -366,26 +293,17 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
 
 def plot_seed_comparison(results: Mapping[str, pd.Series], chance: float | None = None,
                          title: str = "Test accuracy by seed") -> Figure:
-    """One bar per setting (its mean over seeds) with every seed's result as a dot.
-
-    ``results`` maps a setting's name to its test accuracies (0-1) indexed by seed, as
-    :func:`tlcourse.stats.over_seeds` returns them.
-    """
+    """One bar per setting (its mean over seeds) with every seed's result as a dot; ``results``
+    maps a setting to its test accuracies (0-1) by seed, as :func:`tlcourse.stats.over_seeds` gives."""
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.8 * len(results)))
-    names = list(results)
-    for i, name in enumerate(names):
-        values = results[name] * 100
-        ax.barh(i, values.mean(), color="tab:blue", alpha=0.35,
-                label="mean over seeds" if i == 0 else None)
+    for i, values in enumerate(scores * 100 for scores in results.values()):
+        ax.barh(i, values.mean(), color="tab:blue", alpha=0.35, label="mean over seeds" if i == 0 else None)
         ax.plot(values, [i] * len(values), "o", color="tab:blue", label="one seed" if i == 0 else None)
     if chance is not None:
         ax.axvline(chance * 100, color="grey", linestyle=":", label="always guessing one class")
-    ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names)
+    ax.set(yticks=range(len(results)), yticklabels=list(results), xlim=(0, 100),
+           xlabel="test accuracy (%)", title=title)
     ax.invert_yaxis()
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("test accuracy (%)")
-    ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -1,8 +1,5 @@
-"""Key results that a notebook reports, for people and for ``tlcourse run``.
-
-``key_result("head-only accuracy", 0.91)`` prints a line in the notebook and also
-attaches the value under a MIME type of its own, so ``tlcourse run`` can collect
-every notebook's key results from the executed copy into its summary.
+"""Key results that a notebook reports: ``key_result("head-only accuracy", 0.91)`` prints a line
+and attaches the value under a MIME type of its own, which ``tlcourse run`` collects into its summary.
 """
 
 from __future__ import annotations
@@ -22,10 +19,5 @@ def key_result(name: str, value: float | int | str, unit: str = "") -> float | i
 
 def collect(notebook: dict) -> list[dict]:
     """Every key result recorded in an executed notebook (as a JSON dict), in order."""
-    found = []
-    for cell in notebook.get("cells", []):
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            if MIME in data:
-                found.append(data[MIME])
-    return found
+    return [output["data"][MIME] for cell in notebook.get("cells", []) for output in cell.get("outputs", [])
+            if MIME in output.get("data", {})]

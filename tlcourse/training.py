@@ -1,22 +1,13 @@
-"""Looking inside fastai's transfer-learning recipe (lessons 03 and 04).
-
-fastai's ``vision_learner`` cuts a pretrained network into a *body* and a new
-*head*, splits the parameters into *layer groups* and freezes every group but the
-last.  ``freeze_to``, ``unfreeze``, discriminative learning rates (``slice``) and
-``fine_tune`` all act on those groups.  The helpers here make the groups visible:
-parameter counts per group (trainable, frozen, BatchNorm), the learning rate the
-optimiser holds for each group, a splitter that cuts a timm body into several
-groups, a VGG-style custom head, and ``fine_tune`` and gradual unfreezing written
-out step by step.  Training histories are read from fastai's ``Recorder``.  The recipe
-itself (``models.RECIPE``) and the reading of results over seeds (:mod:`tlcourse.stats`)
-are shared with the other lessons.
+"""Looking inside fastai's transfer-learning recipe (lessons 03 and 04): ``vision_learner`` cuts a
+network into a *body* and a new *head* and its parameters into *layer groups*, on which ``freeze_to``,
+``slice`` learning rates and ``fine_tune`` act.  The helpers show the groups (parameters, rates),
+cut a body into more of them, build a VGG-style head and write gradual unfreezing out.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 from fastai.torch_core import norm_bias_params, params
 from fastai.vision.all import Learner
 from torch import nn
@@ -24,21 +15,17 @@ from torch import nn
 from tlcourse.models import body_groups
 from tlcourse.models.records import History
 
+__all__ = ["expected_lrs", "four_groups", "gradual_schedule", "gradual_unfreeze", "group_lrs",
+           "group_names", "param_summary", "params_by_layer_type", "set_lrs", "split_body", "vgg_head"]
+
 
 # --- layer groups -------------------------------------------------------------------
 
-
 def split_body(model: nn.Module, n_body_groups: int = 3) -> list[list[nn.Parameter]]:
-    """Parameter groups of a ``vision_learner`` model: the body cut into ``n_body_groups``
-    consecutive groups (early layers first), then the head.
-
-    The body's stages are the ones ``models.body_groups`` finds (for
-    EfficientNet: the stem, the 7 stages of ``blocks``, the last 1x1 convolution),
-    shared out as evenly as possible.  fastai's own split of a timm model is only
-    ``[body, head]``; with more body groups ``freeze_to(-2)``, ``freeze_to(-3)`` ...
-    open the body from the top down, and ``slice(lo, hi)`` spreads learning rates
-    over the groups.
-    """
+    """Parameter groups of a ``vision_learner`` model: the body's stages (``models.body_groups``)
+    shared out evenly into ``n_body_groups`` groups, early layers first, then the head.  fastai cuts
+    a timm model only into ``[body, head]``; more groups let ``freeze_to(-2)``, ``freeze_to(-3)``
+    open the body from the top down and ``slice(lo, hi)`` spread learning rates over them."""
     if not isinstance(model, nn.Sequential) or len(model) < 2:
         raise ValueError("split_body expects a vision_learner model, nn.Sequential(body, head); "
                          f"got {type(model).__name__}.")
@@ -48,26 +35,20 @@ def split_body(model: nn.Module, n_body_groups: int = 3) -> list[list[nn.Paramet
                          f"got {n_body_groups}.")
     chunks = np.array_split(np.arange(len(stages)), n_body_groups)
     groups = [[p for i in chunk for p in stages[i].parameters()] for chunk in chunks]
-    groups.append(list(params(model[1:])))
-    return groups
+    return groups + [list(params(model[1:]))]
 
 
 def four_groups(model: nn.Module) -> list[list[nn.Parameter]]:
-    """Splitter for ``vision_learner``: early, middle and late body, then the head.
-
-    A module-level function (not a lambda) so that ``learn.export`` can pickle it.
-    """
+    """Splitter for ``vision_learner``: early, middle and late body, then the head (a function,
+    not a lambda, so that ``learn.export`` can pickle it)."""
     return split_body(model, n_body_groups=3)
 
 
 def group_names(n_groups: int) -> list[str]:
     """Readable names for ``n_groups`` layer groups: the body's parts, then the head."""
     n_body = n_groups - 1
-    if n_body == 1:
-        return ["body", "head"]
-    if n_body == 3:
-        return ["body: early", "body: middle", "body: late", "head"]
-    return [f"body {i + 1}/{n_body}" for i in range(n_body)] + ["head"]
+    named = {1: ["body"], 3: ["body: early", "body: middle", "body: late"]}
+    return named.get(n_body, [f"body {i + 1}/{n_body}" for i in range(n_body)]) + ["head"]
 
 
 def _layer_name(param_name: str) -> str:
@@ -80,27 +61,33 @@ def _layer_name(param_name: str) -> str:
     return ".".join(parts[:2]) if parts[0] in ("blocks", "stages", "layers", "features") else parts[0]
 
 
-def param_summary(learn: Learner) -> pd.DataFrame:
-    """One row per layer group: the layers in it, parameters in all, trainable, frozen,
-    trainable ones in BatchNorm layers, and the group's learning rate in the optimiser.
-
-    Reads ``requires_grad`` of each parameter, so it shows exactly what the next
-    ``fit`` will update.
-    """
+def _opt(learn: Learner):
+    """The learner's optimiser, created if ``fit`` has not made it yet."""
     if learn.opt is None:
         learn.create_opt()
+    return learn.opt
+
+
+def _counts(plist: list[nn.Parameter]) -> dict[str, int]:
+    """Parameters in ``plist``: in all, trainable and frozen."""
+    total = sum(p.numel() for p in plist)
+    trainable = sum(p.numel() for p in plist if p.requires_grad)
+    return dict(params=total, trainable=trainable, frozen=total - trainable)
+
+
+def param_summary(learn: Learner) -> pd.DataFrame:
+    """One row per layer group: its layers, parameters in all, trainable, frozen, trainable in
+    BatchNorm, and its learning rate; read from ``requires_grad``, so exactly what ``fit`` updates."""
+    opt = _opt(learn)
     norm_ids = {id(p) for p in norm_bias_params(learn.model, with_bias=False)}
     layer_of = {id(p): _layer_name(n) for n, p in learn.model.named_parameters()}
     rows = []
-    names = group_names(len(learn.opt.param_lists))
-    for name, plist, hyper in zip(names, learn.opt.param_lists, learn.opt.hypers):
-        total = sum(p.numel() for p in plist)
-        trainable = sum(p.numel() for p in plist if p.requires_grad)
-        bn = sum(p.numel() for p in plist if p.requires_grad and id(p) in norm_ids)
+    for name, plist, hyper in zip(group_names(len(opt.param_lists)), opt.param_lists, opt.hypers):
         layers = list(dict.fromkeys(layer_of.get(id(p), "?") for p in plist))
         shown = ", ".join(layers) if len(layers) <= 4 else f"{layers[0]} ... {layers[-1]}"
-        rows.append(dict(group=name, layers=shown, params=total, trainable=trainable,
-                         frozen=total - trainable, trainable_in_batchnorm=bn, lr=float(hyper["lr"])))
+        bn = _counts([p for p in plist if id(p) in norm_ids])["trainable"]
+        rows.append(dict(group=name, layers=shown, **_counts(plist), trainable_in_batchnorm=bn,
+                         lr=float(hyper["lr"])))
     df = pd.DataFrame(rows)
     total = df[["params", "trainable", "frozen", "trainable_in_batchnorm"]].sum()
     df.loc[len(df)] = dict(group="total", layers="", **total.to_dict(), lr=float("nan"))
@@ -110,14 +97,8 @@ def param_summary(learn: Learner) -> pd.DataFrame:
 def params_by_layer_type(module: nn.Module) -> pd.DataFrame:
     """Parameters of ``module`` per layer type (Conv2d, BatchNorm2d, Linear ...): how many
     layers, parameters in all, trainable and frozen ones."""
-    rows = []
-    for sub in module.modules():
-        own = list(sub.parameters(recurse=False))
-        if own:
-            total = sum(p.numel() for p in own)
-            trainable = sum(p.numel() for p in own if p.requires_grad)
-            rows.append(dict(layer_type=type(sub).__name__, layers=1, params=total, trainable=trainable,
-                             frozen=total - trainable))
+    rows = [dict(layer_type=type(sub).__name__, layers=1, **_counts(list(sub.parameters(recurse=False))))
+            for sub in module.modules() if next(sub.parameters(recurse=False), None) is not None]
     if not rows:
         raise ValueError(f"{type(module).__name__} has no parameters.")
     return (pd.DataFrame(rows).groupby("layer_type").sum()
@@ -126,17 +107,13 @@ def params_by_layer_type(module: nn.Module) -> pd.DataFrame:
 
 def group_lrs(learn: Learner) -> list[float]:
     """The learning rate of every layer group, read from the optimiser (early groups first)."""
-    if learn.opt is None:
-        learn.create_opt()
-    return [float(h["lr"]) for h in learn.opt.hypers]
+    return [float(h["lr"]) for h in _opt(learn).hypers]
 
 
 def set_lrs(learn: Learner, lr: float | slice) -> list[float]:
     """Give the optimiser ``lr`` exactly as ``fit_one_cycle(..., lr)`` would, and return
     the resulting per-group rates (the *peak* rates of a one-cycle schedule)."""
-    if learn.opt is None:
-        learn.create_opt()
-    learn.opt.set_hyper("lr", lr)
+    _opt(learn).set_hyper("lr", lr)
     return group_lrs(learn)
 
 
@@ -163,22 +140,15 @@ def expected_lrs(lr: float | slice, n_groups: int) -> list[float]:
 
 # --- a VGG-style head ---------------------------------------------------------------
 
-
-@torch.no_grad()
 def vgg_head(in_shape: tuple[int, int, int], n_out: int, hidden: int = 256, p: float = 0.6) -> nn.Sequential:
-    """The classic Keras VGG16 recipe as a PyTorch head: flatten the feature map, a dense
-    layer of ``hidden`` units with ReLU, dropout ``p``, a dense output layer.
-
-    Unlike fastai's default head it keeps every spatial position (no pooling), so its
-    size depends on the image size through ``in_shape``.
-    """
+    """The classic Keras VGG16 head: flatten the feature map, dense ``hidden`` units with ReLU,
+    dropout ``p``, dense output.  No pooling, so its size depends on ``in_shape`` (the image size)."""
     c, h, w = in_shape
     return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(inplace=True),
                          nn.Dropout(p), nn.Linear(hidden, n_out))
 
 
-# --- training recipes written out ---------------------------------------------------
-
+# --- gradual unfreezing written out -------------------------------------------------
 
 def gradual_schedule(total_epochs: int, freeze_epochs: int = 1) -> list[tuple[int, int]]:
     """``(freeze_to argument, epochs)`` for gradual unfreezing of a four-group learner
@@ -197,7 +167,7 @@ def gradual_unfreeze(learn: Learner, total_epochs: int, base_lr: float = 2e-3, f
     """Unfreeze one layer group at a time, from the head down, with the same rates as
     ``fine_tune``: ``slice(base_lr)`` for the head alone, then ``slice(base_lr/2/lr_mult,
     base_lr/2)`` while the groups open up.  The learner needs at least four groups
-    (use ``splitter=four_groups``)."""
+    (use ``splitter=four_groups``); each stage's History is appended to ``record``."""
     if len(learn.opt.param_lists if learn.opt else learn.splitter(learn.model)) < 4:
         raise ValueError("Gradual unfreezing with freeze_to(-2), freeze_to(-3) needs at least four "
                          "layer groups; create the learner with splitter=training.four_groups.")
@@ -207,13 +177,6 @@ def gradual_unfreeze(learn: Learner, total_epochs: int, base_lr: float = 2e-3, f
         if n == -1:
             learn.fit_one_cycle(epochs, slice(base_lr), pct_start=0.99)
         else:
-            lr = base_lr / 2
-            learn.fit_one_cycle(epochs, slice(lr / lr_mult, lr), pct_start=0.3, div=5.0)
+            learn.fit_one_cycle(epochs, slice(base_lr / 2 / lr_mult, base_lr / 2), pct_start=0.3, div=5.0)
         if record is not None:
             record.append(History.of(learn, names[n]))
-
-
-__all__ = ["expected_lrs",
-           "four_groups", "gradual_schedule", "gradual_unfreeze",
-           "group_lrs", "group_names", "param_summary", "params_by_layer_type", "set_lrs",
-           "split_body", "vgg_head"]
