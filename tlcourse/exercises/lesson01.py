@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import cache
 
 from tlcourse.activations import activations
 from tlcourse.exercises import exercise
@@ -14,7 +15,6 @@ from tlcourse.plots import ilsvrc_table
 #: The layer and input size that 01_imagenet's exercise 2 asks about.
 LESSON01_LAYER = "blocks.4"
 LESSON01_SIZE = 224
-_LESSON01_SHAPE: list[tuple[int, ...]] = []  # computed once, on first use
 
 
 @exercise
@@ -38,16 +38,15 @@ def check_first_cnn_year(answer: int) -> tuple[bool, str]:
                    "`table[table['era'] == 'CNN']['year'].min()`.")
 
 
+@cache
 def _lesson01_shape() -> tuple[int, ...]:
     """Output shape of the backbone's LESSON01_LAYER for one LESSON01_SIZE image (computed once)."""
-    if not _LESSON01_SHAPE:
-        import torch
+    import torch
 
-        with torch.random.fork_rng():  # a random-weight model must not move the caller's seed
-            model = create_model(pretrained=False)  # the shapes do not depend on the weights
-        x = torch.zeros(3, LESSON01_SIZE, LESSON01_SIZE)
-        _LESSON01_SHAPE.append(tuple(activations(model, x, LESSON01_LAYER)[LESSON01_LAYER].shape[1:]))
-    return _LESSON01_SHAPE[0]
+    with torch.random.fork_rng():  # a random-weight model must not move the caller's seed
+        model = create_model(pretrained=False)  # the shapes do not depend on the weights
+    x = torch.zeros(3, LESSON01_SIZE, LESSON01_SIZE)
+    return tuple(activations(model, x, LESSON01_LAYER)[LESSON01_LAYER].shape[1:])
 
 
 @exercise
