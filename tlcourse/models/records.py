@@ -1,34 +1,26 @@
 """What happened during training, read from fastai's callbacks: one home for every record.
-
-* :class:`History`: fastai's ``Recorder`` after a ``fit`` (one row per epoch, one per
-  batch), joinable across the stages of ``fine_tune`` (lessons 03 and 04, ``plots``);
-* :class:`GroupLrs`: the learning rate of every layer group at every batch, which the
-  ``Recorder`` does not keep (lesson 04);
-* :class:`EpochLog`: train loss and validation accuracy per epoch across the ``fit``
-  calls of one run, validating only where a learning curve needs it (lesson 05).
-"""
+:class:`History` is the ``Recorder`` per epoch and batch, joinable across stages (lessons 03-04);
+:class:`GroupLrs` keeps every layer group's rate (lesson 04); :class:`EpochLog` train loss and
+validation accuracy per epoch, validating only where a learning curve needs it (lesson 05)."""
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import reduce
 
 import numpy as np
 import pandas as pd
-import torch
-from fastai.vision.all import Callback, CancelValidException, Learner, Recorder
+from fastai.torch_core import get_random_states, set_random_states
+from fastai.vision.all import Callback, CancelValidException, Learner, LRFinder, Recorder
 
 
 @dataclass(frozen=True)
 class History:
-    """What fastai's ``Recorder`` saw during one or more ``fit`` calls.
-
-    ``epochs``: one row per epoch (``epoch`` counts from 1 across stages, ``stage``,
-    ``train_loss``, ``valid_loss`` and the metrics).  ``batches``: one row per training
-    batch (``epoch`` as a fraction, ``stage``, smoothed ``loss``, ``lr`` of the head).
-    """
+    """What fastai's ``Recorder`` saw during one or more ``fit`` calls.  ``epochs``: one row per epoch
+    (``epoch`` from 1 across stages, ``stage``, ``train_loss``, ``valid_loss``, metrics); ``batches``:
+    one row per training batch (``epoch`` as a fraction, ``stage``, smoothed ``loss``, head ``lr``)."""
 
     epochs: pd.DataFrame
     batches: pd.DataFrame
@@ -38,12 +30,10 @@ class History:
         """The history of the learner's most recent ``fit`` (the Recorder keeps only that one)."""
         rec = learn.recorder
         names = [n for n in rec.metric_names[1:] if n != "time"]
-        values = [list(v)[: len(names)] for v in rec.values]
-        epochs = pd.DataFrame(values, columns=names, dtype=float)
+        epochs = pd.DataFrame([list(v)[: len(names)] for v in rec.values], columns=names, dtype=float)
         epochs.insert(0, "epoch", np.arange(1, len(epochs) + 1))
         epochs.insert(1, "stage", stage)
-        n_epochs = max(len(rec.values), 1)
-        per_epoch = (len(rec.losses) / n_epochs) or 1
+        per_epoch = (len(rec.losses) / max(len(rec.values), 1)) or 1
         batches = pd.DataFrame({"epoch": (np.arange(len(rec.losses)) + 1) / per_epoch, "stage": stage,
                                 "loss": [float(v) for v in rec.losses], "lr": [float(v) for v in rec.lrs]})
         return cls(epochs, batches)
@@ -51,9 +41,7 @@ class History:
     def then(self, other: History) -> History:
         """This history followed by ``other``, whose epochs are shifted to continue on."""
         shift = float(self.epochs["epoch"].max()) if len(self.epochs) else 0.0
-        e, b = other.epochs.copy(), other.batches.copy()
-        e["epoch"] += shift
-        b["epoch"] += shift
+        e, b = (df.assign(epoch=df["epoch"] + shift) for df in (other.epochs, other.batches))
         return History(pd.concat([self.epochs, e], ignore_index=True),
                        pd.concat([self.batches, b], ignore_index=True))
 
@@ -62,10 +50,7 @@ class History:
         """Stages recorded one after the other, as one history."""
         if not parts:
             raise ValueError("join needs at least one History.")
-        out = parts[0]
-        for part in parts[1:]:
-            out = out.then(part)
-        return out
+        return reduce(History.then, parts)
 
     @property
     def final_accuracy(self) -> float:
@@ -76,21 +61,13 @@ class History:
 
 
 class GroupLrs(Callback):
-    """Record the learning rate of every layer group at every training batch.
-
-    fastai's Recorder keeps only the last group's rate; this callback keeps them all,
-    so you can see what the optimiser really used.  ``table()`` gives one row per
-    batch; ``peaks()`` the largest rate of each group in each ``fit`` call.  Runs of
-    ``lr_find`` are skipped.
-    """
+    """Every layer group's learning rate at every training batch (the Recorder keeps only the last
+    group's): ``table()`` per batch, ``peaks()`` each group's peak per ``fit`` call; ``lr_find`` skipped."""
 
     def __init__(self):
-        self.rows: list[dict] = []
-        self.fit_index = -1
+        self.rows, self.fit_index = [], -1  # fit_index: which fit call (0 for the first) is running
 
     def _finding(self) -> bool:
-        from fastai.callback.schedule import LRFinder
-
         return any(isinstance(cb, LRFinder) for cb in self.learn.cbs)
 
     def before_fit(self):
@@ -99,9 +76,8 @@ class GroupLrs(Callback):
 
     def after_batch(self):
         if self.training and not self._finding():
-            row = {"fit": self.fit_index}
-            row.update({f"group {i}": float(h["lr"]) for i, h in enumerate(self.opt.hypers)})
-            self.rows.append(row)
+            self.rows.append({"fit": self.fit_index,
+                              **{f"group {i}": float(h["lr"]) for i, h in enumerate(self.opt.hypers)}})
 
     def table(self) -> pd.DataFrame:
         """One row per training batch: ``fit`` (0 for the first fit call) and each group's rate."""
@@ -115,9 +91,8 @@ class GroupLrs(Callback):
 
 
 class EpochLog(Callback):
-    """Train loss and (when ``curve``) validation accuracy after every epoch, across the
-    ``fit`` calls of one run; without ``curve`` validation is skipped (the run's result is
-    its test accuracy, measured afterwards)."""
+    """Train loss and (when ``curve``) validation accuracy after every epoch across one run's ``fit``
+    calls; without ``curve`` validation is skipped (the run's result is its test accuracy)."""
 
     order = Recorder.order + 1
 
@@ -134,18 +109,17 @@ class EpochLog(Callback):
     def before_validate(self):
         # Starting a DataLoader draws random numbers; restoring the generators keeps training
         # the same whether or not the epoch is validated.
-        self._rng = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+        self._rng = get_random_states()
         if not self._validates():
             raise CancelValidException()
 
     def after_validate(self):
-        torch.set_rng_state(self._rng[0])
-        random.setstate(self._rng[1])
-        np.random.set_state(self._rng[2])
+        set_random_states(**self._rng)
 
     def after_epoch(self):
         names = [n for n in self.recorder.metric_names[1:] if n != "time"]
         values = dict(zip(names, self.recorder.values[-1]))
+        accuracy = values.get("accuracy") if self._validates() else None
         self.rows.append({"epoch": len(self.rows) + 1, "train_loss": float(values["train_loss"]),
-                          "accuracy": float(values["accuracy"]) if self._validates() and "accuracy" in values else None,
+                          "accuracy": None if accuracy is None else float(accuracy),
                           "seconds": time.perf_counter() - self._start})
