@@ -5,10 +5,8 @@ seed, and reports its accuracy on the data set's fixed test split.  The strategi
 
 * ``head-only``: lesson 02's linear probe on the frozen body's *cached* features (fast).
 * ``fine-tune``: fastai's ``fine_tune`` with the course's recipe (:data:`tlcourse.models.RECIPE`).
-* ``freeze``: the same, except that the first ``k`` body groups stay frozen after the first
-  epoch (``learn.freeze_to(k)``); ``k = 0`` is ``fine-tune``, ``k`` = all trains only the head.
-* ``scratch``: a small random CNN (:func:`scratch_cnn`, recipe :data:`SCRATCH`), with
-  augmentation, on images held in memory at a small size (Fashion-MNIST's own 28 px).
+* ``freeze``: the same, but the first ``k`` body groups stay frozen after the first epoch.
+* ``scratch``: a small random CNN (:func:`scratch_cnn`, :data:`SCRATCH`) on small images in memory.
 
 All strategies of one seed train on the *same* images (:func:`train_positions`).
 :func:`run_grid` keeps one JSON file per finished run under ``cache_dir/experiments``
@@ -27,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from itertools import product
@@ -232,10 +231,8 @@ def image_tensors(domain: str, s: Settings) -> dict:
     digest = hashlib.sha256(f"{rows}{size}{_data_digest()}".encode()).hexdigest()[:16]
     path = s.cache_dir / "tensors" / f"{domain}-{size}px-{digest}.pt"
     if path.is_file():
-        try:
+        with suppress(Exception):  # a damaged file is rebuilt
             return torch.load(path, weights_only=True)
-        except Exception:  # a damaged file is rebuilt
-            pass
     out, root = {"classes": classes}, Path(df.attrs["path"])
     arrays = data.fashion_arrays() if domain == s.far_dataset else None
     for split in data.SPLITS:
@@ -303,8 +300,7 @@ def scratch_epochs(n_train: int) -> int:
 
 
 def _tensor_dl(x: torch.Tensor, y: torch.Tensor, bs: int, train: bool, device: str) -> DataLoader:
-    """A fastai ``DataLoader`` that cuts batches straight out of two tensors (no per-image work,
-    so no worker processes)."""
+    """A fastai ``DataLoader`` that cuts batches straight out of two tensors (no per-image work)."""
     return DataLoader(list(range(len(x))), bs=bs, shuffle=train, drop_last=train, device=device,
                       create_batch=lambda idx: (x[torch.as_tensor(idx)], y[torch.as_tensor(idx)]),
                       retain=lambda res, b: res, num_workers=0)
@@ -324,10 +320,8 @@ def scratch_learner(domain: str, per_class: int, seed: int, s: Settings,
     t = image_tensors(domain, s)
     idx = torch.from_numpy(train_positions(domain, per_class, seed, s))
     train_x, train_y = _as_float(t["train_x"][idx]), t["train_y"][idx]
-    vx, vy = t[f"{valid}_x"], t[f"{valid}_y"]
-    if valid == "valid":
-        keep = torch.from_numpy(curve_valid(domain, s))
-        vx, vy = vx[keep], vy[keep]
+    keep = torch.from_numpy(curve_valid(domain, s)) if valid == "valid" else slice(None)
+    vx, vy = t[f"{valid}_x"][keep], t[f"{valid}_y"][keep]
     dls = DataLoaders(_tensor_dl(train_x, train_y, scratch_batch_size(len(idx)), True, s.device),
                       _tensor_dl(_as_float(vx), vy, 256, False, s.device))
     dls.c = len(t["classes"])
