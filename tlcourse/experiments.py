@@ -1,24 +1,16 @@
 """Lesson 05's experiments: when does an ImageNet start help, measured instead of claimed.
 
-One *run* trains one strategy on one data set, with a given number of training
-images per class and one seed, and reports its accuracy on the data set's fixed
-test split.  The strategies:
+One *run* trains one strategy on one data set, with some training images a class and one
+seed, and reports its accuracy on the data set's fixed test split.  The strategies:
 
-* ``head-only``: the frozen ImageNet body and a new linear head, trained on the body's
-  *cached* features (lesson 02's linear probe): a fraction of a second a run.
-* ``fine-tune``: fastai's ``fine_tune`` with the course's one recipe
-  (:data:`tlcourse.models.RECIPE`) on the packaged photos, through the network.
-* ``freeze``: ``fine_tune``'s recipe, except that the first ``k`` layer groups of the
-  body stay frozen after the first epoch (``learn.freeze_to(k)``); ``k = 0`` is
-  ``fine-tune``, ``k`` = every group trains only fastai's head.
-* ``scratch``: a small CNN sized for the data (:func:`scratch_cnn`), random weights,
-  its own learning rate and number of epochs (:data:`SCRATCH`), augmentation, trained
-  on images held in memory at a small size (28 px for Fashion-MNIST, its own size).
+* ``head-only``: lesson 02's linear probe on the frozen body's *cached* features (fast).
+* ``fine-tune``: fastai's ``fine_tune`` with the course's recipe (:data:`tlcourse.models.RECIPE`).
+* ``freeze``: the same, but the first ``k`` body groups stay frozen after the first epoch.
+* ``scratch``: a small random CNN (:func:`scratch_cnn`, :data:`SCRATCH`) on small images in memory.
 
 All strategies of one seed train on the *same* images (:func:`train_positions`).
-:func:`run_grid` keeps one JSON file per finished run under
-``cache_dir/experiments`` (keyed by everything the result depends on), shows a
-progress bar, and returns one row per run; a repeated or interrupted grid trains
+:func:`run_grid` keeps one JSON file per finished run under ``cache_dir/experiments``
+(keyed by everything the result depends on), so a repeated or interrupted grid trains
 only what is missing.  :func:`lesson_runs` is the grid lesson 05 and its tests use.
 """
 
@@ -27,26 +19,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import suppress
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
+from itertools import product
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from fastai.vision.all import (
-    Callback,
-    ConvLayer,
-    CrossEntropyLossFlat,
-    DataLoaders,
-    Flatten,
-    Learner,
-    accuracy,
-)
+from fastai.data.load import DataLoader
+from fastai.metrics import accuracy
+from fastai.vision.all import Callback, ConvLayer, CrossEntropyLossFlat, DataLoaders, Flatten, Learner
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -67,13 +58,11 @@ RESULTS_FOLDER = "experiments"
 class ScratchRecipe:
     """How the scratch baseline trains, chosen on validation data by ``benchmarks/scratch_lr.py``.
 
-    ``lr``, the peak of ``fit_one_cycle``: ``lr_find`` on this network (Fashion-MNIST, 100
-    a class) suggested 4e-3 (the valley of its loss curve); trained for a whole run, 5e-3,
-    1e-2, 2e-2 and 4e-2 scored 77.1, 78.3, 78.9 and 79.2 % on the validation split (3
-    seeds not used elsewhere), so the rate sits at 2e-2, the higher end of what is safe.
-    A run lasts ``epochs`` epochs, or more when that is fewer than ``min_steps``
-    optimiser steps, so that a small training set is not cut off before its curve
-    flattens.  ``photo_size``: pixels a side of the Pets photos for scratch.
+    ``lr``, the peak of ``fit_one_cycle``: ``lr_find`` (Fashion-MNIST, 100 a class) suggested
+    4e-3; whole runs at 5e-3, 1e-2, 2e-2 and 4e-2 scored 77.1, 78.3, 78.9 and 79.2 % on the
+    validation split (3 seeds not used elsewhere): 2e-2 is the higher end of what is safe.
+    A run lasts ``epochs`` epochs, or ``min_steps`` optimiser steps when that is more, so a
+    small training set is not cut off early.  ``photo_size``: pixels a side of Pets photos.
     """
 
     lr: float = 2e-2
@@ -127,13 +116,14 @@ class Run:
 def grid(domains: Sequence[str], strategies: Sequence[str], sizes: Sequence[int], seeds: Sequence[int],
          frozen: Sequence[int] = (), curve: bool = False) -> list[Run]:
     """Every combination as a list of runs (``frozen`` lists the depths of ``freeze`` runs)."""
-    runs = []
-    for domain in domains:
-        for size in sizes:
-            for strategy in strategies:
-                for k in (frozen if strategy == "freeze" else (0,)):
-                    runs.extend(Run(domain, strategy, int(size), int(seed), int(k), curve) for seed in seeds)
-    return runs
+    return [Run(domain, strategy, int(size), int(seed), int(k), curve)
+            for domain, size, strategy in product(domains, sizes, strategies)
+            for k in (frozen if strategy == "freeze" else (0,)) for seed in seeds]
+
+
+def _identity(run: Run) -> dict:
+    """The fields that name a run's result (all but ``curve``)."""
+    return {k: v for k, v in asdict(run).items() if k != "curve"}
 
 
 #: Learning curves on the far domain are measured on this many validation images a class (of
@@ -143,25 +133,20 @@ CURVE_VALID_PER_CLASS = 30
 
 def curve_valid(domain: str, s: Settings) -> np.ndarray:
     """Positions, among the validation rows, of the images the learning curves are measured on."""
-    df = _table(domain, s)
-    valid = df[df.split == "valid"].reset_index(drop=True)
-    if not is_far(domain, s):
+    valid = _table(domain, s).query("split == 'valid'").reset_index(drop=True)
+    if domain != s.far_dataset:
         return np.arange(len(valid))
     return np.sort(valid.groupby("label", sort=False).head(CURVE_VALID_PER_CLASS).index.to_numpy())
 
 
-def is_far(domain: str, settings: Settings) -> bool:
-    return domain == settings.far_dataset
-
-
 def network_size(domain: str, settings: Settings) -> int:
     """Pixels a side of the images an ImageNet network sees for ``domain``."""
-    return settings.far_image_size if is_far(domain, settings) else settings.image_size
+    return settings.far_image_size if domain == settings.far_dataset else settings.image_size
 
 
 def scratch_size(domain: str, settings: Settings) -> int:
     """Pixels a side of the images the scratch CNN sees: Fashion-MNIST's own 28, photos smaller."""
-    return 28 if is_far(domain, settings) else SCRATCH.photo_size
+    return 28 if domain == settings.far_dataset else SCRATCH.photo_size
 
 
 @lru_cache(maxsize=8)
@@ -171,8 +156,7 @@ def _data_digest() -> str:
 
 def run_key(run: Run, s: Settings) -> dict:
     """Everything the result of ``run`` depends on, as plain JSON values."""
-    identity = {k: v for k, v in asdict(run).items() if k != "curve"}
-    key = {"version": VERSION, "run": identity, "mode": s.mode, "arch": s.arch, "data": _data_digest(),
+    key = {"version": VERSION, "run": _identity(run), "mode": s.mode, "arch": s.arch, "data": _data_digest(),
            "batch_size": s.batch_size}
     if run.strategy == "scratch":
         key.update(scratch=asdict(SCRATCH), size=scratch_size(run.domain, s))
@@ -183,6 +167,7 @@ def run_key(run: Run, s: Settings) -> dict:
 
 
 def result_path(run: Run, s: Settings) -> Path:
+    """Where the result of ``run`` is saved: its fields and a digest of :func:`run_key` in the name."""
     digest = hashlib.sha256(json.dumps(run_key(run, s), sort_keys=True).encode()).hexdigest()[:12]
     name = f"{run.domain}_{run.strategy}_k{run.frozen}_n{run.per_class}_seed{run.seed}_{digest}.json"
     return s.cache_dir / RESULTS_FOLDER / name
@@ -194,22 +179,12 @@ def load_result(run: Run, s: Settings) -> dict | None:
         saved = json.loads(result_path(run, s).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if saved.get("key") != json.loads(json.dumps(run_key(run, s))):
-        return None
     result = saved.get("result")
-    if not isinstance(result, dict):
+    if saved.get("key") != json.loads(json.dumps(run_key(run, s))) or not isinstance(result, dict):
         return None
     if run.curve and not any(point.get("accuracy") is not None for point in result.get("curve") or []):
         return None  # saved without a learning curve, which this request needs
     return result
-
-
-def save_result(run: Run, s: Settings, result: dict) -> Path:
-    """Write atomically: an interrupted run never leaves a half-written file."""
-    path = result_path(run, s)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"key": run_key(run, s), "result": result}))
-    return path
 
 
 # --- the same training images for every strategy --------------------------------------
@@ -220,12 +195,9 @@ def _table(domain: str, s: Settings) -> pd.DataFrame:
 
 
 def train_positions(domain: str, per_class: int, seed: int, s: Settings) -> np.ndarray:
-    """Positions, among the data set's training rows, of the images ``data.subsample`` picks.
-
-    The fine-tune run reads the same images through ``data.get_dls``; the cached
-    features and the scratch tensors are stored in training-row order, so these
-    positions select the same images there.
-    """
+    """Positions, among the data set's training rows, of the images ``data.subsample`` picks:
+    the cached features and the scratch tensors are in training-row order, so these positions
+    select there the images the fine-tune run reads."""
     df = _table(domain, s)
     train = df[df.split == "train"].reset_index(drop=True)
     picked = set(data.subsample(df, per_class, seed).query("split == 'train'")["fname"])
@@ -241,47 +213,38 @@ def domain_features(domain: str, s: Settings) -> features.Features:
                                     dataset=domain, device=s.device, verbose=False, cache=s.cache_dir)
 
 
-def _square(img, size: int):
-    from PIL import Image
-
+def _square(img: Image.Image, size: int) -> Image.Image:
+    """The centre square of ``img``, resized to ``size`` pixels a side."""
     w, h = img.size
     side = min(w, h)
-    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-    return img.crop(box).resize((size, size), Image.BILINEAR)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
 
 
 def image_tensors(domain: str, s: Settings) -> dict:
-    """Every image of ``domain`` as uint8 tensors at the scratch size, per split, cached on disk.
-
-    Fashion-MNIST comes straight from the packaged arrays (1 channel, 28 px); photos
-    are centre-cropped to a square and resized (3 channels).
-    """
-    df = _table(domain, s)
-    size = scratch_size(domain, s)
-    classes = sorted(df["label"].astype(str).unique())
+    """Every image of ``domain`` as uint8 tensors at the scratch size, per split, cached on disk:
+    Fashion-MNIST straight from the packaged arrays (1 channel, 28 px), photos centre-cropped
+    to a square and resized (3 channels)."""
+    df, size = _table(domain, s), scratch_size(domain, s)
+    classes = features.class_names(df)
     rows = df[["fname", "label", "split"]].to_csv(index=False)
     digest = hashlib.sha256(f"{rows}{size}{_data_digest()}".encode()).hexdigest()[:16]
     path = s.cache_dir / "tensors" / f"{domain}-{size}px-{digest}.pt"
     if path.is_file():
-        try:
+        with suppress(Exception):  # a damaged file is rebuilt
             return torch.load(path, weights_only=True)
-        except Exception:  # a damaged file is rebuilt
-            pass
-    out = {"classes": classes}
-    arrays = data.fashion_arrays() if is_far(domain, s) else None
+    out, root = {"classes": classes}, Path(df.attrs["path"])
+    arrays = data.fashion_arrays() if domain == s.far_dataset else None
     for split in data.SPLITS:
         part = df[df.split == split]
         if arrays is not None:  # the table's rows of the arrays (file i of a split is row i)
-            names = [str(c) for c in arrays["classes"]]
             rows = [int(Path(f).stem) for f in part["fname"]]
             x = torch.from_numpy(arrays[f"{split}_x"][rows]).unsqueeze(1)
-            y = torch.tensor([classes.index(names[i]) for i in arrays[f"{split}_y"][rows]])
         else:
-            root = Path(df.attrs["path"])
             x = torch.stack([torch.from_numpy(np.array(_square(load_image(root / f), size))).permute(2, 0, 1)
                              for f in part["fname"]])
-            y = torch.tensor([classes.index(str(v)) for v in part["label"]])
-        out[f"{split}_x"], out[f"{split}_y"] = x.contiguous(), y
+        out[f"{split}_x"] = x.contiguous()
+        out[f"{split}_y"] = torch.tensor([classes.index(str(v)) for v in part["label"]])
     with atomic_path(path) as tmp:
         torch.save(out, tmp)
     return out
@@ -290,18 +253,14 @@ def image_tensors(domain: str, s: Settings) -> dict:
 # --- the scratch network ----------------------------------------------------------------
 
 def scratch_cnn(n_in: int, n_out: int, widths: Sequence[int] = SCRATCH.widths) -> nn.Sequential:
-    """A small CNN for small images: one 3x3 convolution block (convolution, BatchNorm,
-    ReLU: fastai's ``ConvLayer``) of stride 2 per width, each halving the image, then
-    average pooling, dropout and a linear layer.
-
-    With the default widths it has about 0.1 million weights (EfficientNet-Lite0 has 3.4
-    million): enough for 28-pixel clothing, few enough to train on a CPU in seconds.
-    """
-    layers, c = [], n_in
-    for w in widths:
-        layers.append(ConvLayer(c, w, ks=3, stride=2))
-        c = w
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), Flatten(), nn.Dropout(0.2), nn.Linear(c, n_out))
+    """A small CNN: per width a stride-2 3x3 ``ConvLayer`` (convolution, BatchNorm, ReLU) that
+    halves the image, then average pooling, dropout and a linear layer.  About 0.1 million
+    weights by default (EfficientNet-Lite0 has 3.4 million): enough for 28-pixel clothing,
+    few enough to train on a CPU in seconds."""
+    channels = (n_in, *widths)
+    convs = [ConvLayer(c_in, c_out, ks=3, stride=2) for c_in, c_out in zip(channels, channels[1:])]
+    return nn.Sequential(*convs, nn.AdaptiveAvgPool2d(1), Flatten(), nn.Dropout(0.2),
+                         nn.Linear(channels[-1], n_out))
 
 
 class ShiftFlip(Callback):
@@ -314,16 +273,14 @@ class ShiftFlip(Callback):
     def before_batch(self):
         if not self.training:
             return
-        x = self.xb[0]
+        x, p = self.xb[0], self.shift
         n, _, h, w = x.shape
-        p = self.shift
         if p:
             padded = nn.functional.pad(x, (p, p, p, p), mode="replicate")
             dx, dy = torch.randint(0, 2 * p + 1, (2, n)).tolist()
             x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
         if self.flip:
-            mirror = torch.rand(n) < 0.5
-            x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+            x = torch.where((torch.rand(n) < 0.5)[:, None, None, None], x.flip(-1), x)
         self.learn.xb = (x,)
 
 
@@ -342,70 +299,36 @@ def scratch_epochs(n_train: int) -> int:
     return max(SCRATCH.epochs, math.ceil(SCRATCH.min_steps / max(steps, 1)))
 
 
-def _tensor_dl(x: torch.Tensor, y: torch.Tensor, bs: int, train: bool, device: str):
+def _tensor_dl(x: torch.Tensor, y: torch.Tensor, bs: int, train: bool, device: str) -> DataLoader:
     """A fastai ``DataLoader`` that cuts batches straight out of two tensors (no per-image work)."""
-    from fastai.data.load import DataLoader
-
     return DataLoader(list(range(len(x))), bs=bs, shuffle=train, drop_last=train, device=device,
                       create_batch=lambda idx: (x[torch.as_tensor(idx)], y[torch.as_tensor(idx)]),
-                      retain=lambda res, b: res, num_workers=0)  # slices of tensors in memory: nothing to load
+                      retain=lambda res, b: res, num_workers=0)
+
+
+@lru_cache(maxsize=1)
+def _scratch_dir() -> tempfile.TemporaryDirectory:
+    """Where this process's learners keep their files: one temporary folder, removed at exit."""
+    return tempfile.TemporaryDirectory(prefix="tlcourse-05-", ignore_cleanup_errors=True)
 
 
 def scratch_learner(domain: str, per_class: int, seed: int, s: Settings,
                     valid: str = "valid", **kwargs) -> Learner:
-    """A fastai ``Learner`` for the scratch CNN on ``per_class`` images a class held in memory.
-
-    Made inside ``models.seeded(seed)`` (as :func:`train_run` does), a run repeats exactly.
-    ``valid`` names the split the learner validates on.
-    """
+    """A fastai ``Learner`` for the scratch CNN on ``per_class`` images a class held in memory,
+    validated on split ``valid``.  Made inside ``models.seeded(seed)`` (as :func:`train_run`
+    does), a run repeats exactly."""
     t = image_tensors(domain, s)
     idx = torch.from_numpy(train_positions(domain, per_class, seed, s))
     train_x, train_y = _as_float(t["train_x"][idx]), t["train_y"][idx]
-    vx, vy = t[f"{valid}_x"], t[f"{valid}_y"]
-    if valid == "valid":
-        keep = torch.from_numpy(curve_valid(domain, s))
-        vx, vy = vx[keep], vy[keep]
+    keep = torch.from_numpy(curve_valid(domain, s)) if valid == "valid" else slice(None)
+    vx, vy = t[f"{valid}_x"][keep], t[f"{valid}_y"][keep]
     dls = DataLoaders(_tensor_dl(train_x, train_y, scratch_batch_size(len(idx)), True, s.device),
                       _tensor_dl(_as_float(vx), vy, 256, False, s.device))
     dls.c = len(t["classes"])
     model = scratch_cnn(int(t["train_x"].shape[1]), len(t["classes"]))
     cbs = [ShiftFlip(SCRATCH.shift, SCRATCH.flip)] + list(kwargs.pop("cbs", []))
     return Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=cbs,
-                   path=_scratch_path(), wd=SCRATCH.weight_decay, **kwargs)
-
-
-_PATH: list[Path] = []
-
-
-def _scratch_path() -> Path:
-    if not _PATH:
-        import atexit
-        import shutil
-
-        _PATH.append(Path(tempfile.mkdtemp(prefix="tlcourse-05-")))
-        atexit.register(shutil.rmtree, _PATH[0], ignore_errors=True)
-    return _PATH[0]
-
-
-@torch.no_grad()
-def tensor_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    preds = torch.cat([model(_as_float(x[i:i + 512])).argmax(1) for i in range(0, len(x), 512)])
-    return float((preds == y).float().mean())
-
-
-# --- one run of each kind ---------------------------------------------------------------
-
-def _train_scratch(run: Run, s: Settings) -> dict:
-    n_train = len(train_positions(run.domain, run.per_class, run.seed, s))
-    epochs = scratch_epochs(n_train)
-    log = records.EpochLog(run.curve, curve_epochs(epochs))
-    learn = scratch_learner(run.domain, run.per_class, run.seed, s, cbs=[log])
-    with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(epochs, SCRATCH.lr)
-    t = image_tensors(run.domain, s)
-    return {"accuracy": tensor_accuracy(learn.model, t["test_x"], t["test_y"]), "epochs": epochs,
-            "curve": log.rows, "n_classes": len(t["classes"])}
+                   path=Path(_scratch_dir().name), wd=SCRATCH.weight_decay, **kwargs)
 
 
 def curve_epochs(total: int, points: int = 12) -> list[int]:
@@ -414,45 +337,55 @@ def curve_epochs(total: int, points: int = 12) -> list[int]:
     return sorted({int(round(v)) for v in np.geomspace(1, total, points)})
 
 
+# --- one run of each kind ---------------------------------------------------------------
+
+def _train_scratch(run: Run, s: Settings) -> dict:
+    epochs = scratch_epochs(len(train_positions(run.domain, run.per_class, run.seed, s)))
+    log = records.EpochLog(run.curve, curve_epochs(epochs))
+    learn = scratch_learner(run.domain, run.per_class, run.seed, s, cbs=[log])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(epochs, SCRATCH.lr)
+    t, model = image_tensors(run.domain, s), learn.model.eval()
+    with torch.no_grad():  # the test split, in batches of 512
+        x = t["test_x"]
+        preds = torch.cat([model(_as_float(x[i:i + 512])).argmax(1) for i in range(0, len(x), 512)])
+    return {"accuracy": float((preds == t["test_y"]).float().mean()), "epochs": epochs, "curve": log.rows,
+            "n_classes": len(t["classes"])}
+
+
 def _train_head(run: Run, s: Settings) -> dict:
     f = domain_features(run.domain, s)
     idx = torch.from_numpy(train_positions(run.domain, run.per_class, run.seed, s))
-    x, y = f.train_x[idx], f.train_y[idx]
-
     keep = torch.from_numpy(curve_valid(run.domain, s))
 
     def probe(epochs):
-        return features.train_linear_probe(x, y, f.valid_x[keep], f.valid_y[keep], epochs=epochs, lr=PROBE.lr,
-                                           weight_decay=PROBE.weight_decay, seed=run.seed)
+        return features.train_linear_probe(f.train_x[idx], f.train_y[idx], f.valid_x[keep], f.valid_y[keep],
+                                           epochs=epochs, lr=PROBE.lr, weight_decay=PROBE.weight_decay,
+                                           seed=run.seed)
 
-    result = probe(PROBE.epochs)
-    test = float((result.predict(f.test_x) == f.test_y).float().mean())
-    curve = []
-    if run.curve:  # the same seed repeats the same steps, so a shorter run is a prefix of the long one
-        for e in curve_epochs(PROBE.epochs, points=8):
-            part = probe(e)
-            curve.append({"epoch": e, "train_loss": part.losses[-1], "accuracy": part.accuracy})
+    test = float((probe(PROBE.epochs).predict(f.test_x) == f.test_y).float().mean())
+    # the same seed repeats the same steps, so a shorter run is a prefix of the long one
+    parts = {e: probe(e) for e in curve_epochs(PROBE.epochs, points=8)} if run.curve else {}
+    curve = [{"epoch": e, "train_loss": p.losses[-1], "accuracy": p.accuracy} for e, p in parts.items()]
     return {"accuracy": test, "epochs": PROBE.epochs, "curve": curve, "n_classes": len(f.classes)}
 
 
 def _train_network(run: Run, s: Settings) -> dict:
-    size = network_size(run.domain, s)
     df = data.subsample(_table(run.domain, s), run.per_class, run.seed)
     valid = df[df.split == "valid"].reset_index(drop=True).iloc[curve_valid(run.domain, s)]
     df = pd.concat([df[df.split == "train"], valid])  # data.get_dls, with the curves' validation rows
-    dls = data.datablock(df.attrs["path"], size, augment=True).dataloaders(
+    dls = data.datablock(df.attrs["path"], network_size(run.domain, s), augment=True).dataloaders(
         df, path=s.cache_dir, bs=data.batch_size(int((df.split == "train").sum()), s), seed=run.seed,
         device=s.device, num_workers=s.num_workers, pin_memory=s.pin_memory)
-    log = records.EpochLog(run.curve)
-    kwargs = models.RECIPE.learner_kwargs()
-    kwargs["cbs"] = list(kwargs.get("cbs", [])) + [log]
+    log, r = records.EpochLog(run.curve), models.RECIPE
+    kwargs = r.learner_kwargs([log])
     if run.strategy == "freeze":
         kwargs["splitter"] = models.group_splitter
-    learn = models.learner(dls, arch=s.arch, path=_scratch_path(), **kwargs)
-    r = models.RECIPE
+    learn = models.learner(dls, arch=s.arch, path=Path(_scratch_dir().name), **kwargs)
     with learn.no_bar(), learn.no_logging():
         if run.strategy == "fine-tune":
-            learn.fine_tune(s.sweep_epochs, base_lr=r.base_lr, freeze_epochs=r.freeze_epochs, lr_mult=r.lr_mult)
+            learn.fine_tune(s.sweep_epochs, base_lr=r.base_lr, freeze_epochs=r.freeze_epochs,
+                            lr_mult=r.lr_mult)
         else:  # fine_tune written out, with freeze_to(k) in place of unfreeze()
             n = len(learn.opt.param_groups) if learn.opt else len(models.group_splitter(learn.model))
             learn.freeze()
@@ -470,68 +403,56 @@ def train_run(run: Run, s: Settings) -> dict:
     """Train ``run`` and return its result: test ``accuracy``, ``epochs``, ``seconds``,
     ``n_classes`` and (with ``curve``) one dict per epoch."""
     start = time.perf_counter()
+    train = {"scratch": _train_scratch, "head-only": _train_head}.get(run.strategy, _train_network)
     with models.seeded(run.seed):
-        if run.strategy == "scratch":
-            result = _train_scratch(run, s)
-        elif run.strategy == "head-only":
-            result = _train_head(run, s)
-        else:
-            result = _train_network(run, s)
+        result = train(run, s)
     result["seconds"] = time.perf_counter() - start
     result["n_train"] = int(len(train_positions(run.domain, run.per_class, run.seed, s)))
     return result
 
 
 def _train_and_save(run: Run, s: Settings) -> dict:
-    """Train one run on one CPU thread and save it (the work of one worker process)."""
+    """Train one run on one CPU thread and save it, atomically (the work of one worker process)."""
     torch.set_num_threads(1)
     result = train_run(run, s)
-    save_result(run, s, result)
+    with atomic_path(result_path(run, s)) as tmp:  # an interrupted run leaves no half-written file
+        tmp.write_text(json.dumps({"key": run_key(run, s), "result": result}))
     return result
 
 
 def _prepare(runs: Sequence[Run], s: Settings) -> None:
     """Compute the cached inputs the runs share (features, image tensors) once, before training."""
-    for domain in dict.fromkeys(r.domain for r in runs if r.strategy == "head-only"):
-        domain_features(domain, s)
-    for domain in dict.fromkeys(r.domain for r in runs if r.strategy == "scratch"):
-        image_tensors(domain, s)
-
-
-def default_workers() -> int:
-    """Worker processes for :func:`run_grid`: ``TLCOURSE_WORKERS``, else one per CPU core, at most 2."""
-    return max(1, int(os.environ.get("TLCOURSE_WORKERS", min(2, os.cpu_count() or 1))))
+    for strategy, make in (("head-only", domain_features), ("scratch", image_tensors)):
+        for domain in dict.fromkeys(r.domain for r in runs if r.strategy == strategy):
+            make(domain, s)
 
 
 def run_grid(runs: Iterable[Run], settings: Settings, progress: bool = True,
              workers: int | None = None) -> pd.DataFrame:
     """Run (or load) every run; one row per run with its test accuracy.
 
-    Finished runs are read from ``cache_dir/experiments``; each new one is saved as soon
-    as it ends, so an interrupted grid loses at most one run.  Every run uses one CPU
-    thread; with ``workers > 1`` (default :func:`default_workers`) missing runs train in
-    that many processes side by side.  Each run sets its own seed, so the numbers are the
-    same either way.
+    Finished runs are read from ``cache_dir/experiments``; each new one is saved as soon as it
+    ends, so an interrupted grid loses at most one run.  Every run uses one CPU thread and sets
+    its own seed; ``workers`` processes (default: ``TLCOURSE_WORKERS``, else one per CPU core,
+    at most 2) train side by side, with the same numbers as one would.
     """
     s = settings
     runs = list(dict.fromkeys(runs))
     # one request with a curve also serves the same run without one
-    curved = {dataclass_replace(r, curve=False) for r in runs if r.curve}
+    curved = {replace(r, curve=False) for r in runs if r.curve}
     runs = [r for r in runs if r.curve or r not in curved]
     results = {run: load_result(run, s) for run in runs}
     missing = [run for run, result in results.items() if result is None]
-    workers = min(workers or default_workers(), max(len(missing), 1))
+    loaded = len(runs) - len(missing)
+    workers = workers or max(1, int(os.environ.get("TLCOURSE_WORKERS", min(2, os.cpu_count() or 1))))
+    workers = min(workers, max(len(missing), 1))
     threads = torch.get_num_threads()
-    bar = tqdm(total=len(runs), initial=len(runs) - len(missing), desc="runs", unit="run", disable=not progress)
+    bar = tqdm(total=len(runs), initial=loaded, desc="runs", unit="run", disable=not progress)
     try:
         torch.set_num_threads(1)
         if missing:
             _prepare(missing, s)
-        if workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            # longest runs first, so that both workers finish at about the same time
+        if workers > 1:  # longest runs first, so that both workers finish at about the same time
             order = sorted(missing, key=lambda r: (r.strategy == "head-only", -r.per_class))
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = {pool.submit(_train_and_save, run, s): run for run in order}
@@ -545,21 +466,13 @@ def run_grid(runs: Iterable[Run], settings: Settings, progress: bool = True,
                 bar.update(1)
     finally:
         torch.set_num_threads(threads)
-        bar.set_postfix_str(f"{len(missing)} trained, {len(runs) - len(missing)} loaded from the cache")
+        bar.set_postfix_str(f"{len(missing)} trained, {loaded} loaded from the cache")
         bar.close()
-    rows = [{**{k: v for k, v in asdict(run).items() if k != "curve"}, **results[run]} for run in runs]
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame([{**_identity(run), **results[run]} for run in runs])
     if len(df):
         df["chance"] = 1 / df["n_classes"]
-    df.attrs["trained"] = len(missing)
-    df.attrs["loaded"] = len(runs) - len(missing)
+    df.attrs.update(trained=len(missing), loaded=loaded)
     return df
-
-
-def dataclass_replace(run: Run, **changes) -> Run:
-    from dataclasses import replace
-
-    return replace(run, **changes)
 
 
 # --- the lesson's grid -------------------------------------------------------------------
@@ -585,21 +498,14 @@ def curve_sizes(kind: str, s: Settings) -> tuple[int, int]:
     where scratch runs (far: quick mode has no fine-tune there)."""
     ft, sc = network_sizes(kind, s), network_sizes(kind, s, "scratch")
     both = [n for n in ft if n in sc]
-    large = max(sc) if is_far_kind(kind) else max(both)
-    return min(both), large
-
-
-def is_far_kind(kind: str) -> bool:
-    return kind == "far"
+    return min(both), (max(sc) if kind == "far" else max(both))
 
 
 def freeze_plan(s: Settings) -> dict:
     """The freeze-depth sweep: one size per domain, the depths ``k`` (0 is fine-tune)."""
     n = models.n_body_groups(s.arch)
-    if s.mode == "quick" or s.scale == "smoke":
-        depths = (0, n // 2, n)
-    else:
-        depths = tuple(range(0, n + 1, 2 if n > 6 else 1)) + ((n,) if n % 2 else ())
+    quick = s.mode == "quick" or s.scale == "smoke"
+    depths = (0, n // 2, n) if quick else tuple(range(0, n + 1, 2 if n > 6 else 1)) + ((n,) if n % 2 else ())
     return {"sizes": {s.dataset: network_sizes("near", s)[0], s.far_dataset: network_sizes("far", s)[0]},
             "depths": tuple(sorted(set(depths)))}
 
@@ -607,14 +513,13 @@ def freeze_plan(s: Settings) -> dict:
 def lesson_runs(s: Settings, seeds: Sequence[int] | None = None) -> list[Run]:
     """Every run lesson 05 shows (the notebook, the tests and the benchmark use this one list)."""
     seeds = tuple(seeds if seeds is not None else s.seeds)
-    near, few, far = s.dataset, s.few_shot_dataset, s.far_dataset
-    runs = []
+    near, few, far, runs = s.dataset, s.few_shot_dataset, s.far_dataset, []
     for domain, kind, sizes in ((near, "near", s.near_sizes), (few, "few_shot", s.few_shot_sizes),
                                 (far, "far", s.far_sizes)):
         curves = curve_sizes(kind, s) if kind != "few_shot" else ()
         for n in sizes:
-            strategies = ["head-only"] + [st for st in ("scratch", "fine-tune") if n in network_sizes(kind, s, st)]
-            runs += grid([domain], strategies, [n], seeds, curve=n in curves)
+            trained = [st for st in ("scratch", "fine-tune") if n in network_sizes(kind, s, st)]
+            runs += grid([domain], ["head-only", *trained], [n], seeds, curve=n in curves)
     plan = freeze_plan(s)
     for domain, n in plan["sizes"].items():
         runs += grid([domain], ["freeze"], [n], seeds, frozen=[k for k in plan["depths"] if k > 0])
@@ -638,13 +543,10 @@ def summary(df: pd.DataFrame, by: Sequence[str] = ("domain", "strategy", "per_cl
 
 def curves(df: pd.DataFrame) -> pd.DataFrame:
     """The learning curves in ``df`` (runs made with ``curve=True``), one row per epoch."""
-    rows = []
-    for r in df.itertuples():
-        for point in (r.curve or []):
-            if point.get("accuracy") is not None:
-                rows.append({"domain": r.domain, "strategy": r.strategy, "per_class": r.per_class,
-                             "seed": r.seed, "chance": r.chance, **point})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"domain": r.domain, "strategy": r.strategy, "per_class": r.per_class,
+                          "seed": r.seed, "chance": r.chance, **point}
+                         for r in df.itertuples() for point in (r.curve or [])
+                         if point.get("accuracy") is not None])
 
 
 def compare(df: pd.DataFrame, domain: str, per_class: int, a: str, b: str, s: Settings) -> dict:
@@ -652,54 +554,42 @@ def compare(df: pd.DataFrame, domain: str, per_class: int, a: str, b: str, s: Se
     difference, and whether the gap is *decided*: the same sign on every seed and larger
     than one standard error of a test accuracy on this many test images."""
     part = df[(df.domain == domain) & (df.per_class == per_class) & (df.frozen == 0)]
-    pa = part[part.strategy == a].set_index("seed")["accuracy"]
-    pb = part[part.strategy == b].set_index("seed")["accuracy"]
+    pa, pb = (part[part.strategy == x].set_index("seed")["accuracy"] for x in (a, b))
     seeds = pa.index.intersection(pb.index)
     if not len(seeds):
         raise ValueError(f"no seeds with both {a} and {b} on {domain} at {per_class} a class.")
     diff = pa[seeds] - pb[seeds]
-    n_test = int(data.test_rows(domain, s).shape[0])
     p = float((pa[seeds].mean() + pb[seeds].mean()) / 2)
-    se = math.sqrt(max(p * (1 - p), 1e-4) / n_test)
-    decided = stats.decided(diff, se) != 0
+    se = math.sqrt(max(p * (1 - p), 1e-4) / int(data.test_rows(domain, s).shape[0]))
     return {"a": a, "b": b, "mean": float(diff.mean()), "low": float(diff.min()), "high": float(diff.max()),
-            "seeds": len(seeds), "se": se, "decided": decided}
+            "seeds": len(seeds), "se": se, "decided": stats.decided(diff, se) != 0}
 
 
 def winner(df: pd.DataFrame, domain: str, per_class: int, s: Settings) -> dict:
     """The best strategy at one size, the strategies tied with it, and its lead over the rest.
 
     ``tied``: the strategies whose gap to the best is not decided (:func:`compare`);
-    ``runner_up``: the best strategy outside that group, ``margin`` the best's lead over
-    it (mean, lowest and highest seed) and ``decided`` whether that lead is decided.
-    When every strategy ties with the best there is no runner-up and nothing is decided.
+    ``runner_up``: the best strategy outside that group, ``margin`` the best's lead over it
+    (mean, lowest and highest seed) and ``decided`` whether that lead is decided.  When all
+    tie, ``margin`` is the gap to the second best, with no runner-up and nothing decided.
     """
     part = summary(df[(df.domain == domain) & (df.per_class == per_class) & (df.frozen == 0)])
     ranked = list(part.sort_values("mean", ascending=False).strategy)
     if len(ranked) < 2:
         raise ValueError(f"only {ranked} ran on {domain} at {per_class} a class: nothing to compare.")
-    best = ranked[0]
-    means = part.set_index("strategy")["mean"]
+    best, means = ranked[0], part.set_index("strategy")["mean"]
     tied = [o for o in ranked[1:] if not compare(df, domain, per_class, best, o, s)["decided"]]
     rest = [o for o in ranked[1:] if o not in tied]
-    out = {"domain": domain, "per_class": int(per_class), "best": best, "best_mean": float(means[best]),
-           "tied": ", ".join(tied), "strategies": ", ".join(ranked), "runner_up": None,
-           "runner_up_mean": math.nan, "margin": math.nan, "margin_low": math.nan, "margin_high": math.nan,
-           "decided": False}
-    if rest:
-        gap = compare(df, domain, per_class, best, rest[0], s)
-        out.update(runner_up=rest[0], runner_up_mean=float(means[rest[0]]), margin=gap["mean"],
-                   margin_low=gap["low"], margin_high=gap["high"], decided=gap["decided"])
-    else:  # report the gap to the second best, which is a tie
-        gap = compare(df, domain, per_class, best, ranked[1], s)
-        out.update(margin=gap["mean"], margin_low=gap["low"], margin_high=gap["high"])
-    return out
+    gap = compare(df, domain, per_class, best, (rest or ranked[1:])[0], s)
+    return {"domain": domain, "per_class": int(per_class), "best": best, "best_mean": float(means[best]),
+            "tied": ", ".join(tied), "strategies": ", ".join(ranked), "runner_up": rest[0] if rest else None,
+            "runner_up_mean": float(means[rest[0]]) if rest else math.nan, "margin": gap["mean"],
+            "margin_low": gap["low"], "margin_high": gap["high"], "decided": bool(rest) and gap["decided"]}
 
 
 def compared_sizes(df: pd.DataFrame, domain: str) -> list[int]:
     """The sizes of ``domain`` at which scratch and at least one pretrained strategy ran."""
-    part = df[(df.domain == domain) & (df.frozen == 0)]
-    ran = part.groupby("per_class").strategy.agg(set)
+    ran = df[(df.domain == domain) & (df.frozen == 0)].groupby("per_class").strategy.agg(set)
     return sorted(int(n) for n, strategies in ran.items() if "scratch" in strategies and len(strategies) > 1)
 
 
@@ -715,9 +605,9 @@ def strategy_guide(df: pd.DataFrame, s: Settings) -> pd.DataFrame:
 
     *Little* is the smallest size of each sweep at which scratch ran next to a pretrained
     strategy, *much* the largest (:func:`compared_sizes`; the strategies that ran there
-    compete: in quick mode fine-tune is not among them on the far domain's largest size).  ``verdict``: ``agrees`` when the advised strategy is the
-    decided winner, ``disagrees`` when another strategy beats it decidedly, ``tie``
-    otherwise.
+    compete: in quick mode fine-tune is not among them on the far domain's largest size).
+    ``verdict``: ``agrees`` when the advised strategy is the decided winner, ``disagrees``
+    when another strategy beats it decidedly, ``tie`` otherwise.
     """
     rows = []
     for similarity, domain in (("near", s.dataset), ("far", s.far_dataset)):
@@ -725,11 +615,10 @@ def strategy_guide(df: pd.DataFrame, s: Settings) -> pd.DataFrame:
         for amount, n in (("little", min(sizes)), ("much", max(sizes))):
             w = winner(df, domain, n, s)
             advice, text = ADVICE[(amount, similarity)]
-            ran = set(df[(df.domain == domain) & (df.per_class == n)].strategy)
-            top = [w["best"]] + [t for t in w["tied"].split(", ") if t]
-            if advice in top:
+            if advice in [w["best"]] + [t for t in w["tied"].split(", ") if t]:
                 verdict = "agrees" if w["decided"] else "tie"
             else:
+                ran = set(df[(df.domain == domain) & (df.per_class == n)].strategy)
                 verdict = "disagrees" if advice in ran else "not run"
             rows.append({"amount": amount, "similarity": similarity, **w, "advice": advice,
                          "advice_text": text, "verdict": verdict})
@@ -739,31 +628,27 @@ def strategy_guide(df: pd.DataFrame, s: Settings) -> pd.DataFrame:
 def grid_cost(results: pd.DataFrame, s: Settings) -> pd.DataFrame:
     """Estimated CPU time of the *full-mode* grid, from the seconds the quick runs took here.
 
-    For scratch and for the network strategies (fine-tune and freeze) the measured seconds
-    per training image and epoch (all runs of the kind together) is multiplied by each full-mode run's training
-    images and epochs, and for the network by the ratio of pixels (full-mode images are
-    larger).  Head-only runs on cached features cost nothing next to them, but their
-    features do: one pass over every image (estimated as a third of a training epoch).
+    Per kind (scratch, or the network strategies fine-tune and freeze) the measured seconds
+    per training image and epoch times each full-mode run's training images and epochs, and
+    for the network the ratio of pixels (full-mode images are larger).  Head-only runs on
+    cached features cost next to nothing.
     """
-    from dataclasses import replace
-
     full = replace(s, mode="full", dataset="pets", image_size=224, far_image_size=128, sweep_epochs=8,
                    far_sizes=tuple(sorted(set(s.far_sizes) | {600})))
     n_classes = {"pets": 37, s.few_shot_dataset: 37, s.far_dataset: 10, s.dataset: 2}
-    measured = results[results.strategy != "head-only"].copy()
-    measured["kind"] = np.where(measured.strategy == "scratch", "scratch", "network")
-    work = measured.n_train * measured.epochs
-    per = measured.seconds.groupby(measured.kind).sum() / work.groupby(measured.kind).sum()
+    measured = results[results.strategy != "head-only"]
+    kind = np.where(measured.strategy == "scratch", "scratch", "network")
+    per = measured.seconds.groupby(kind).sum() / (measured.n_train * measured.epochs).groupby(kind).sum()
     rows = []
-    for run in lesson_runs(full):
-        if run.strategy == "head-only":
-            continue
+    for run in (r for r in lesson_runs(full) if r.strategy != "head-only"):
         n_train = run.per_class * n_classes.get(run.domain, 37)
         if run.strategy == "scratch":
             seconds = n_train * scratch_epochs(n_train) * per.get("scratch", np.nan)
         else:
-            ratio = (network_size(run.domain, full) / network_size(run.domain if run.domain != "pets" else s.dataset, s)) ** 2
-            seconds = n_train * (models.RECIPE.freeze_epochs + full.sweep_epochs) * per.get("network", np.nan) * ratio
+            here = network_size(run.domain if run.domain != "pets" else s.dataset, s)
+            ratio = (network_size(run.domain, full) / here) ** 2
+            epochs = models.RECIPE.freeze_epochs + full.sweep_epochs
+            seconds = n_train * epochs * per.get("network", np.nan) * ratio
         rows.append({"strategy": run.strategy, "domain": run.domain, "estimated_s": seconds})
     out = pd.DataFrame(rows).groupby(["domain", "strategy"]).agg(runs=("estimated_s", "size"),
                                                                  estimated_s=("estimated_s", "sum"))

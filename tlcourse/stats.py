@@ -18,10 +18,9 @@ def decided(diff: pd.Series, noise: float) -> int:
     """+1 when every per-seed difference in ``diff`` is above 0 and their mean above ``noise``,
     -1 for the same below 0, else 0 (a tie)."""
     diff = diff.dropna()
-    if len(diff) and (diff > 0).all() and diff.mean() > noise:
-        return 1
-    if len(diff) and (diff < 0).all() and -diff.mean() > noise:
-        return -1
+    for sign in (1, -1):
+        if len(diff) and (sign * diff > 0).all() and sign * diff.mean() > noise:
+            return sign
     return 0
 
 
@@ -32,9 +31,8 @@ def over_seeds(settings: Mapping[str, Callable[[int], float]], seeds: Sequence[i
     The lessons compare two ways of training with three seeds each; this runs them
     with one progress bar and keeps every single result, not only the mean.
     """
-    jobs = [(name, seed) for name in settings for seed in seeds]
     out: dict[str, dict[int, float]] = {name: {} for name in settings}
-    for name, seed in tqdm(jobs, desc="runs", disable=not progress):
+    for name, seed in tqdm([(n, s) for n in settings for s in seeds], desc="runs", disable=not progress):
         out[name][seed] = float(settings[name](seed))
     return {name: pd.Series(values, name=name).rename_axis("seed") for name, values in out.items()}
 
