@@ -1,18 +1,14 @@
-"""Audit a folder of images before training on it (lesson 06), and load what is usable.
+"""Audit a folder of images (or a CSV of names and labels) before training on it (lesson 06).
 
-Real folders hold half-written photos, files that are no images, a PNG named ``.jpg``, grayscale
-scans, ``.DS_Store`` files, one picture filed under two classes: fastai would stop mid-epoch or,
-worse, train on them silently.  :func:`audit` reads every file once (only reads: odd colour modes
-become RGB in memory, in ``images.load_image``) and returns an :class:`Audit`, the usable images
-plus one report that lists every file left out.  Input is a folder with one subfolder per class
-(fastai's ``train/`` + ``valid/`` layout too) or a CSV of file names and labels.
+Real folders hold broken photos, non-images, wrong extensions, odd colour modes, system files and
+duplicates, on which fastai stops mid-epoch or, worse, trains silently.  :func:`audit` reads every
+file once (never changes one) and returns the usable images plus one report of all it left out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
-import importlib
 import importlib.util
 import io
 import operator
@@ -22,7 +18,6 @@ import shutil
 import sys
 import textwrap
 import types
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,8 +193,6 @@ class Audit:
         rows = [(i.kind, i.title, i.path, i.detail, KINDS[i.kind].action) for i in self.issues]
         return pd.DataFrame(rows, columns=["kind", "problem", "file", "detail", "action"])
 
-    # --- the report -----------------------------------------------------------------------
-
     def summary(self, max_listed: int | None = None) -> str:
         """The report as plain text: one block per kind of problem, up to ``max_listed`` files each."""
         return self._render(self.max_listed if max_listed is None else max_listed, as_html=False)
@@ -264,8 +257,6 @@ class Audit:
         valid = self.items[self.items.is_valid]
         return str(label), float(((valid if len(valid) else self.items).label == label).mean())
 
-    # --- training ---------------------------------------------------------------------
-
     def raise_if_unusable(self) -> None:
         """Raise :class:`FolderError` with the reason when there is nothing to train on."""
         fatal = [i for i in self.issues if i.severity == FATAL]
@@ -274,13 +265,9 @@ class Audit:
 
     def dataloaders(self, settings: Settings, size: int | None = None, bs: int | None = None,
                     augment: bool = False, path: str | Path | None = None, **kwargs) -> DataLoaders:
-        """fastai ``DataLoaders`` over the usable images only, through the course's DataBlock
-        (``data.datablock``: ``root / fname``, as the audit read them, loaded as RGB).
-
-        ``size`` and ``bs`` default to the mode's; ``bs`` shrinks to half the training images
-        when there are fewer, never below 2.  ``path`` (``Learner.path``, where fastai saves)
-        defaults to the course cache, so nothing is written into the user's folder.
-        """
+        """fastai ``DataLoaders`` over the usable images only (``data.datablock``: read as the audit
+        read them, as RGB); ``bs`` never below 2.  ``path`` (``Learner.path``, where fastai saves)
+        defaults to the course cache, so nothing is written into the user's folder."""
         self.raise_if_unusable()
         n_train, bs = int((~self.items.is_valid).sum()), bs or settings.batch_size
         if bs < 2:
@@ -575,32 +562,21 @@ def _from_csv(csv: Path, root: Path, issues: list[Issue], fname_col: str | None,
 
 # --- the check itself ---------------------------------------------------------------------------
 
-def _inspect(root: Path, candidates: list[_Candidate], progress: bool | None) -> list[_Look]:
-    """Read every candidate once, in a few threads (Pillow releases the GIL while decoding)."""
-    from tqdm.auto import tqdm
-
-    show = len(candidates) >= 500 if progress is None else progress
-    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-        results = pool.map(_look, (root / c.rel for c in candidates))
-        return list(tqdm(results, total=len(candidates), desc="checking images", unit="file",
-                         disable=not show))
-
-
 def audit(source: str | Path, root: str | Path | None = None, *, min_side: int = 32,
           max_side: int = 6000, min_per_class: int = 10, valid_pct: float = 0.2, seed: int = 0,
           fname_col: str | None = None, label_col: str | None = None, max_listed: int = 8,
           max_ratio: float = 2.0, progress: bool | None = None,
           raise_on_error: bool = True) -> Audit:
-    """Check a folder of images (or a CSV of file names and labels) before training on it.
+    """Check a folder of class subfolders (fastai's ``train/`` + ``valid/`` too), or a ``.csv`` of
+    file names relative to ``root`` and labels, before training on it; files are only read.
 
-    ``source`` is a folder with one subfolder per class, or a ``.csv`` whose file names are
-    relative to ``root`` (default: its own folder).  Reported besides broken files: images with
-    a side under ``min_side`` or over ``max_side`` pixels, classes under ``min_per_class``
-    usable images or ``max_ratio`` times smaller than the largest.  Without a split (or with no
-    validation image) ``valid_pct`` of each class, chosen with ``seed``, is set aside.  Files
-    are only read.  Raises :class:`FolderError` when there is nothing to train on (unless
-    ``raise_on_error=False``; then ``result.ok`` is False).
+    Reported besides broken files: images with a side under ``min_side`` or over ``max_side``
+    pixels, classes under ``min_per_class`` images or ``max_ratio`` times smaller than the
+    largest.  Without a split, ``valid_pct`` of each class (by ``seed``) is set aside.  Raises
+    :class:`FolderError` when there is nothing to train on, unless ``raise_on_error=False``.
     """
+    from tqdm.auto import tqdm  # the progress bar, needed only while checking
+
     source = Path(source).expanduser()
     issues: list[Issue] = []
     if source.is_file() and source.suffix.lower() == ".csv":
@@ -615,15 +591,18 @@ def audit(source: str | Path, root: str | Path | None = None, *, min_side: int =
         what = "does not exist" if not source.exists() else "is neither a folder nor a .csv file"
         raise FolderError(f"{source} {what}. Point the check at a folder with one subfolder per "
                           "class (photos/cats/, photos/dogs/) or at a CSV of file names and labels.")
-    looks = _inspect(base, candidates, progress)
+    show = len(candidates) >= 500 if progress is None else progress
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:  # Pillow decodes without the GIL
+        looks = list(tqdm(pool.map(_look, (base / c.rel for c in candidates)), total=len(candidates),
+                          desc="checking images", unit="file", disable=not show))
     issues += [Issue(look.problem[0], c.rel, look.problem[1]) for c, look in zip(candidates, looks)
                if look.problem]
     usable = [(c, look) for c, look in zip(candidates, looks) if not look.problem]
 
     # Exact copies: across classes the label is ambiguous; within a class one copy is enough.
-    copies: dict[str, list[_Candidate]] = defaultdict(list)
+    copies: dict[str, list[_Candidate]] = {}
     for cand, look in usable:
-        copies[look.digest].append(cand)
+        copies.setdefault(look.digest, []).append(cand)
     dropped: set[int] = set()
     for group in copies.values():
         group.sort(key=lambda c: (len(c.rel), c.rel))  # keep the shortest name
@@ -654,7 +633,14 @@ def audit(source: str | Path, root: str | Path | None = None, *, min_side: int =
             issues.append(Issue("few_images", f"{label}/" if source.is_dir() else "",
                                 f"class {label} has {n} usable image{'s' * (n != 1)} "
                                 f"(fewer than {min_per_class})"))
-    _check_balance(items, issues, max_ratio)
+    counts = items.label.value_counts()
+    if len(counts) >= 2 and counts.min() * max_ratio <= counts.max():  # with the majority baseline
+        big, small = counts.idxmax(), counts.idxmin()
+        issues.append(Issue("imbalance", "", f"{big} has {counts.max()} images, {small} only "
+                            f"{counts.min()}: always answering {big} would already be right on "
+                            f"{counts.max() / counts.sum():.0%} of them. Judge accuracy against that "
+                            f"(result.baseline()), not against {1 / len(counts):.0%}; more images of "
+                            "the small classes help most"))
     n_files = len(candidates) + sum(1 for i in issues if i.kind in ("hidden", "outside_class"))
     result = Audit(source=source, root=base, items=items, issues=issues, n_files=n_files,
                    max_listed=max_listed)
@@ -664,17 +650,6 @@ def audit(source: str | Path, root: str | Path | None = None, *, min_side: int =
     return result
 
 
-def _split(df: pd.DataFrame, valid_pct: float, seed: int) -> pd.Series:
-    """A per-class random split that keeps at least one training image in every class."""
-    rng = np.random.default_rng(seed)
-    is_valid = pd.Series(False, index=df.index)
-    for _, group in df.groupby("label", sort=True):
-        n = len(group)
-        n_valid = min(max(round(n * valid_pct), 1), n - 1) if n >= 2 else 0
-        is_valid[rng.permutation(group.index.to_numpy())[:n_valid]] = True
-    return is_valid
-
-
 def _finish_split(items: pd.DataFrame, issues: list[Issue], valid_pct: float, seed: int
                   ) -> pd.DataFrame:
     """Fill in ``is_valid`` (random per class unless the files carry a split); sort; drop unusable.
@@ -682,8 +657,12 @@ def _finish_split(items: pd.DataFrame, issues: list[Issue], valid_pct: float, se
     pct = f"{valid_pct:.0%}"
     given = items.is_valid.fillna(False).astype(bool)
     if len(items) and not given.any():
-        marked = items.is_valid.notna().any()
-        items["is_valid"] = _split(items, valid_pct, seed)
+        marked, rng = items.is_valid.notna().any(), np.random.default_rng(seed)
+        items["is_valid"] = False
+        for _, group in items.groupby("label", sort=True):  # at least one training image a class
+            n = len(group)
+            n_valid = min(max(round(n * valid_pct), 1), n - 1) if n >= 2 else 0
+            items.loc[rng.permutation(group.index.to_numpy())[:n_valid], "is_valid"] = True
         if marked:
             issues.append(Issue("random_valid", "", f"the split marks no image for validation: {pct} "
                                 "of each class's images were set aside at random instead"))
@@ -703,19 +682,6 @@ def _finish_split(items: pd.DataFrame, issues: list[Issue], valid_pct: float, se
                             "needs at least 2 images to give one away): training works, but its "
                             "accuracy cannot be measured. Add images, or a valid/ folder"))
     return items
-
-
-def _check_balance(items: pd.DataFrame, issues: list[Issue], max_ratio: float) -> None:
-    """Report classes of very different sizes, with the accuracy of always guessing the largest."""
-    counts = items.label.value_counts()
-    if len(counts) < 2 or counts.min() * max_ratio > counts.max():
-        return
-    big, small = counts.idxmax(), counts.idxmin()
-    issues.append(Issue("imbalance", "", f"{big} has {counts.max()} images, {small} only "
-                        f"{counts.min()}: always answering {big} would already be right on "
-                        f"{counts.max() / counts.sum():.0%} of them. Judge accuracy against that "
-                        f"(result.baseline()), not against {1 / len(counts):.0%}; more images of the "
-                        "small classes help most"))
 
 
 def _add_fatal(result: Audit) -> None:
@@ -802,45 +768,36 @@ class _Call:
         return self.func, self.args
 
 
-def _guarded(obj):
-    """A reduce value that imports ``obj`` from tlcourse, or raises ``KeyError(LOADING_NEEDS)``.
-
-    fastai's ``load_learner`` turns a missing module into a bare ``UnboundLocalError``; a
-    ``KeyError`` passes through with its message.  Only stdlib functions run: without tlcourse
-    ``find_spec`` is None, so the module's name falls back to the message, no key of the dict.
-    """
-    name = _Call(getattr, (_Call(importlib.util.find_spec, ("tlcourse",)), "name", LOADING_NEEDS))
-    module = _Call(importlib.import_module,
-                   (_Call(operator.getitem, ({"tlcourse": obj.__module__}, name)),))
-    return operator.attrgetter(obj.__qualname__), (module,)
-
-
-def _tlcourse_global(obj) -> bool:
-    """True for a class or function of tlcourse that pickle would store by name."""
-    module = getattr(obj, "__module__", None) or ""
-    if not isinstance(obj, (type, types.FunctionType)) or module.split(".")[0] != "tlcourse":
-        return False
-    try:
-        return operator.attrgetter(obj.__qualname__)(sys.modules[module]) is obj
-    except (KeyError, AttributeError):
-        return False
-
-
 class _GuardedPickle:
-    """A ``pickle_module`` for ``torch.save`` whose references to tlcourse are guarded."""
+    """A ``pickle_module`` for ``torch.save`` that stores each class and function of tlcourse
+    as an import that, where tlcourse is missing, raises ``KeyError(LOADING_NEEDS)``."""
 
     class Pickler(pickle.Pickler):
         def reducer_override(self, obj):
-            return _guarded(obj) if _tlcourse_global(obj) else NotImplemented
+            # fastai's load_learner turns a missing module into a bare UnboundLocalError; a
+            # KeyError passes through with its message.  Only stdlib functions run: without
+            # tlcourse, find_spec is None, so the module's name falls back to the message,
+            # which is no key of the one-entry dict.
+            module = getattr(obj, "__module__", None) or ""
+            if not isinstance(obj, (type, types.FunctionType)) or module.split(".")[0] != "tlcourse":
+                return NotImplemented
+            try:  # only what pickle would store by name
+                if operator.attrgetter(obj.__qualname__)(sys.modules[module]) is not obj:
+                    return NotImplemented
+            except (KeyError, AttributeError):
+                return NotImplemented
+            name = _Call(getattr, (_Call(importlib.util.find_spec, ("tlcourse",)), "name", LOADING_NEEDS))
+            module_name = _Call(operator.getitem, ({"tlcourse": module}, name))
+            imported = _Call(importlib.import_module, (module_name,))
+            return operator.attrgetter(obj.__qualname__), (imported,)
 
     Unpickler, load = pickle.Unpickler, staticmethod(pickle.load)
 
 
 def export(learn, fname: str | Path = "export.pkl") -> Path:
-    """``learn.export(fname)`` (a relative ``fname`` inside ``learn.path``, as with fastai), made
-    so that fastai's ``load_learner`` loads it wherever tlcourse is installed, preparing images
-    as training did, and elsewhere stops with ``KeyError(LOADING_NEEDS)``, not ``UnboundLocalError``.
-    """
+    """``learn.export(fname)`` (relative to ``learn.path``, as in fastai) that ``load_learner`` loads
+    wherever tlcourse is installed and elsewhere stops with ``KeyError(LOADING_NEEDS)``, which
+    says what to install, instead of fastai's bare ``UnboundLocalError``."""
     path = Path(learn.path) / fname
     path.parent.mkdir(parents=True, exist_ok=True)
     learn.export(path, pickle_module=_GuardedPickle)
@@ -850,13 +807,9 @@ def export(learn, fname: str | Path = "export.pkl") -> Path:
 # --- a demo folder for the lesson ---------------------------------------------------------------
 
 def make_demo_folder(root: str | Path, per_class: int = 24, seed: int = 0) -> Path:
-    """A small folder of real photos salted with every kind of bad file, for lesson 06.
-
-    The course's Oxford-IIIT Pet photos (:func:`tlcourse.data.pets_dir`, copied byte for byte):
-    ``cat/`` with ``per_class``, ``dog/`` a third as many (unbalanced, as real folders are); an
-    empty class, a ``test/`` and a ``models/`` folder; truncated, empty, mislabelled, HEIC, NaN,
-    odd-mode, tiny, duplicate, hidden and awkwardly named files.  Rebuilt from scratch each call.
-    """
+    """A folder of the course's pet photos (``cat/``: ``per_class``, ``dog/`` a third as many),
+    salted with every kind of bad file and folder the audit reports, for lesson 06; rebuilt
+    from scratch each call."""
     root = Path(root)
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(seed)
