@@ -634,7 +634,7 @@ def audit(source: str | Path, root: str | Path | None = None, *, min_side: int =
                                 f"class {label} has {n} usable image{'s' * (n != 1)} "
                                 f"(fewer than {min_per_class})"))
     counts = items.label.value_counts()
-    if len(counts) >= 2 and counts.min() * max_ratio <= counts.max():  # with the majority baseline
+    if len(counts) >= 2 and counts.min() * max_ratio <= counts.max():  # unbalanced: say the baseline
         big, small = counts.idxmax(), counts.idxmin()
         issues.append(Issue("imbalance", "", f"{big} has {counts.max()} images, {small} only "
                             f"{counts.min()}: always answering {big} would already be right on "

@@ -26,12 +26,9 @@ _USER_SETTING = False
 
 @contextlib.contextmanager
 def strict_decoding():
-    """Decode with Pillow's truncation check on, whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` says.
-
-    Forum answers "fix" a broken photo with ``LOAD_TRUNCATED_IMAGES = True``, which fills the
-    missing part with grey silently; the course never trains on such a half image.  Re-entrant
-    and shared by threads; the user's own setting is restored afterwards.
-    """
+    """Decode with Pillow's truncation check on, whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` (the
+    forum "fix" that silently fills a broken photo with grey) says; re-entrant, shared by threads,
+    and the user's own setting is restored afterwards."""
     global _STRICT_USERS, _USER_SETTING
     with _STRICT_LOCK:
         if _STRICT_USERS == 0:
