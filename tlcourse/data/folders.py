@@ -492,11 +492,6 @@ def _from_folder(root: Path, issues: list[Issue]) -> list[_Candidate]:
     return candidates
 
 
-#: Column names a CSV's file names and labels are recognised by (else the first two columns).
-FNAME_COLUMNS = ("fname", "filename", "file", "file_name", "path", "image", "name")
-LABEL_COLUMNS = ("label", "class", "category", "target", "y")
-
-
 def _pick_column(df: pd.DataFrame, given: str | None, names: tuple[str, ...], position: int) -> str:
     """The column ``given``, else the first one named like ``names``, else the one at ``position``."""
     if given is not None:
@@ -535,8 +530,8 @@ def _from_csv(csv: Path, root: Path, issues: list[Issue], fname_col: str | None,
         df = pd.read_csv(csv, dtype=str, keep_default_na=False)
     except Exception as err:
         raise FolderError(f"{csv} could not be read as a CSV ({err}).") from None
-    fcol = _pick_column(df, fname_col, FNAME_COLUMNS, 0)
-    lcol = _pick_column(df, label_col, LABEL_COLUMNS, 1)
+    fcol = _pick_column(df, fname_col, ("fname", "filename", "file", "file_name", "path", "image", "name"), 0)
+    lcol = _pick_column(df, label_col, ("label", "class", "category", "target", "y"), 1)
     vcol = next((c for c in df.columns if str(c).lower() in ("is_valid", "valid", "split")), None)
     candidates = []
     for row in df.to_dict("records"):
@@ -752,10 +747,9 @@ def fingerprint(folder: str | Path, times: bool = True) -> str:
 # --- exporting a model trained on checked images -----------------------------------------------
 
 #: What the loading side of an exported model needs, said where loading fails without it.
-LOADING_NEEDS = ("This model was exported with the tlcourse course: it prepares images with "
-                 "tlcourse's loader (images.load_image). Where you load it, run "
-                 "`pip install tlcourse` (it brings fastai and timm too), then call "
-                 "fastai's load_learner again.")
+LOADING_NEEDS = ("This model was exported with the tlcourse course: it prepares images with tlcourse's "
+                 "loader (images.load_image). Where you load it, run `pip install tlcourse` (it brings "
+                 "fastai and timm too), then call fastai's load_learner again.")
 
 
 class _Call:
