@@ -1,9 +1,9 @@
 """The course's one image loader: any input becomes an upright RGB Pillow image, in memory.
 
-Checking a folder (lesson 06), training, feature extraction, scratch tensors and
-``learn.predict`` all open images through :func:`load_image`, so an image is prepared the
-same way whatever form it comes in (a path, bytes from an upload widget, a numpy array or
-tensor, a Pillow or fastai image).  Files are only ever read.
+The audit (lesson 06), training, feature extraction, scratch tensors and ``learn.predict`` all
+open images through :func:`load_image`, so an image is prepared the same way whatever its form
+(a path, bytes from an upload widget, a numpy array or tensor, a Pillow or fastai image).
+Files are only ever read.
 """
 
 from __future__ import annotations
@@ -26,13 +26,9 @@ _USER_SETTING = False
 
 @contextlib.contextmanager
 def strict_decoding():
-    """Decode with Pillow's truncation check on, whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` says.
-
-    Many forum answers "fix" a broken photo with ``ImageFile.LOAD_TRUNCATED_IMAGES = True``,
-    which makes Pillow fill the missing part with grey and say nothing.  The course never
-    trains on such a half image: inside this block (re-entrant, shared by threads) the flag
-    is off, and the user's own setting is restored afterwards.
-    """
+    """Decode with Pillow's truncation check on, whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` (the
+    forum "fix" that silently fills a broken photo with grey) says; re-entrant, shared by threads,
+    and the user's own setting is restored afterwards."""
     global _STRICT_USERS, _USER_SETTING
     with _STRICT_LOCK:
         if _STRICT_USERS == 0:
@@ -49,6 +45,7 @@ def strict_decoding():
 
 
 def truncation_hint() -> str:
+    """For a truncated-file message: that the user's ``LOAD_TRUNCATED_IMAGES`` would hide it."""
     user = _USER_SETTING if _STRICT_USERS else ImageFile.LOAD_TRUNCATED_IMAGES
     return (" (ImageFile.LOAD_TRUNCATED_IMAGES = True, set in this session, would hide it and fill "
             "the rest with grey)") if user else ""
@@ -71,13 +68,9 @@ def _stretch(arr: np.ndarray) -> np.ndarray:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """An RGB copy of ``im``, whatever its mode.
-
-    Transparent pixels are put on white (not black), 16-bit and float images are
-    stretched to 0-255 instead of being clipped to white, palettes are expanded.
-    A float image with NaN or infinite pixels raises :class:`ImageError` (it would
-    otherwise come out black).
-    """
+    """An RGB copy of ``im``, whatever its mode: transparency goes on white (not black), 16-bit
+    and float images are stretched to 0-255 (not clipped to white), palettes are expanded.
+    A float image with NaN or infinite pixels raises :class:`ImageError` (it would be black)."""
     if im.mode == "RGB":
         return im.copy()
     if im.mode in ("I", "F") or im.mode.startswith(("I;16", "F;")):
@@ -88,9 +81,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
                              "image would come out black. Fix those pixels in the program that made "
                              "it (or save it again as an 8-bit PNG).")
         return Image.fromarray(_stretch(arr)).convert("RGB")
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         background = Image.new("RGB", im.size, (255, 255, 255))
         background.paste(im, mask=im.getchannel("A"))
@@ -99,11 +90,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:
-    """A Pillow image from a numpy array (H x W, H x W x 1/3/4, or channels first), as RGB.
-
-    ``uint8`` is taken as it is; other integers and floats are stretched to 0-255 like
-    16-bit and float files, except float images already in 0-1 (scaled by 255).
-    """
+    """An RGB image from an array (H x W, H x W x 1/3/4, or channels first): ``uint8`` as it is,
+    floats in 0-1 scaled by 255, other numbers stretched to 0-255 like 16-bit and float files."""
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # channels first (a tensor's layout) -> channels last
@@ -138,26 +126,17 @@ def _from_array(arr: np.ndarray) -> Image.Image:
 def load_image(source) -> Image.Image:
     """The course's one image loader: ``source`` as an upright RGB Pillow image, in memory.
 
-    ``source`` may be a file path, the file's bytes (what an upload widget gives), an
-    open binary file, a numpy array or tensor, or a Pillow image (``Image.open(...)``,
-    or fastai's ``PILImage``).  Whatever the form: the EXIF orientation is applied
-    (phone photos stand upright), transparency goes on white, 16-bit and float images
-    are stretched to 0-255, palettes and print colours become RGB, and a truncated file
-    or one with NaN/infinite pixels raises :class:`ImageError` (or ``OSError``) with the
-    reason, even when ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set.  Files are only read.
-
-    Training (:meth:`CheckResult.dataloaders`), the check, feature extraction and
-    ``learn.predict`` all go through here, so an image is prepared the same way
-    everywhere.
+    ``source``: a file path, the file's bytes (an upload widget's), an open binary file, a numpy
+    array or tensor, or a Pillow image (fastai's ``PILImage`` too).  The EXIF orientation is
+    applied, modes become RGB as in :func:`to_rgb`, and a truncated file or NaN pixels raise
+    :class:`ImageError` (or ``OSError``) with the reason, even with ``LOAD_TRUNCATED_IMAGES``
+    set.  Files are only read.
     """
     if isinstance(source, Image.Image):
         return _prepare(source)
-    if isinstance(source, (str, os.PathLike)):
-        with strict_decoding(), Image.open(source) as im:
-            return _prepare(im)
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
-    if hasattr(source, "read"):
+    if isinstance(source, (str, os.PathLike)) or hasattr(source, "read"):
         with strict_decoding(), Image.open(source) as im:
             return _prepare(im)
     if hasattr(source, "detach") and hasattr(source, "numpy"):  # a torch tensor (channels first)
@@ -208,11 +187,8 @@ class RGBImage(PILImage):
 
 
 class ImagePath:
-    """``get_x`` of the course's DataBlock: a row's ``fname`` joined to ``root`` (a Path).
-
-    The check opens ``root / fname`` with the same join, so a file it accepted is a file
-    training can read (absolute names in a CSV included).
-    """
+    """``get_x`` of the course's DataBlock: a row's ``fname`` joined to ``root``, the same join
+    the audit opened (absolute names in a CSV included), so what it accepted, training reads."""
 
     __name__ = "ImagePath"  # fastai's Transform names (and pickles) a getter by it
 
