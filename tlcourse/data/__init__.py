@@ -1,11 +1,9 @@
 """The course's data sets as tables fastai reads, with a fixed held-out test split.
 
-Two small sets ship inside the package (made by ``scripts/make_data.py``, described in
-``datasets.md``), so quick mode needs no network: an **Oxford-IIIT Pet sample** (370 photos,
-10 of each of the 37 breeds, short side 160 px) for ``cats_dogs`` (near domain) and
-``pet_breeds`` (few-shot), and a **Fashion-MNIST subset** (``fashion``, the far domain: 28x28
-grey, 600 training, 100 validation and 100 test images a class).  Full mode uses the whole
-Oxford-IIIT Pet data set (``pets``), downloaded through :mod:`tlcourse.data.download`.
+Two small sets ship inside the package (``scripts/make_data.py``, ``datasets.md``), so quick mode
+needs no network: an Oxford-IIIT Pet sample (10 photos of each of the 37 breeds) for ``cats_dogs``
+and ``pet_breeds``, and a Fashion-MNIST subset (``fashion``, the far domain).  Full mode downloads
+the whole Oxford-IIIT Pet (``pets``) through :mod:`tlcourse.data.download`.
 
 Every table has one row per image: ``fname`` (relative to ``df.attrs["path"]``), ``label``,
 ``split`` (``train``, ``valid`` or ``test``) and ``is_valid``.  Settings are chosen on
@@ -17,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -42,8 +41,6 @@ DATASETS = {
 SPLITS = ("train", "valid", "test")
 
 
-# --- the packaged files ----------------------------------------------------------------------
-
 def packaged_dir() -> Path:
     """Folder of the data files inside the installed package (read only)."""
     return Path(str(resources.files("tlcourse") / "datasets"))
@@ -55,19 +52,12 @@ def pets_dir() -> Path:
 
 
 def verify_packaged() -> dict[str, str]:
-    """Check every packaged file against ``checksums.json``; raise naming what is wrong.
-
-    Returns the checksums.  A damaged install is fixed by reinstalling the package.  Each file
-    is hashed once per process (and again when its size or modification time changes).
-    """
+    """Check every packaged file against ``checksums.json`` (each hashed once per process) and
+    return the checksums; a missing or damaged file raises, saying to reinstall the package."""
     root = packaged_dir()
     expected = json.loads((root / "checksums.json").read_text())
-    bad = []
-    for rel, digest in expected.items():
-        path = root / rel
-        if not path.is_file() or download.checked_once(
-                path, digest, lambda: None if download.sha256_file(path) == digest else "damaged"):
-            bad.append(rel)
+    bad = [rel for rel, digest in expected.items() if not (root / rel).is_file() or download.checked_once(
+           root / rel, digest, lambda: None if download.sha256_file(root / rel) == digest else "damaged")]
     if bad:
         raise RuntimeError(f"{len(bad)} packaged data files are missing or damaged (e.g. {bad[0]}) in "
                            f"{root}: reinstall the course with  pip install --force-reinstall tlcourse")
@@ -75,11 +65,8 @@ def verify_packaged() -> dict[str, str]:
 
 
 def _balanced_test(df: pd.DataFrame, split: str) -> pd.Series:
-    """Rows of ``split`` to keep so that every label has as many as the rarest one.
-
-    The kept rows are taken breed by breed in turn (first photo of each breed, then
-    the second ...), so a shortened class still covers all its breeds.
-    """
+    """Rows of ``split`` to keep so that every label has as many as the rarest one, taken breed
+    by breed in turn so that a shortened class still covers all its breeds."""
     part = df[df.split == split].sort_values(["breed", "fname"]).copy()
     part["turn"] = part.groupby("breed").cumcount()
     n = part.groupby("label").size().min()
@@ -90,10 +77,8 @@ def _balanced_test(df: pd.DataFrame, split: str) -> pd.Series:
 def pet_sample(label: str = "species") -> pd.DataFrame:
     """The packaged Pets table, labelled by ``species`` (cat/dog) or ``breed``.
 
-    Of each breed's 10 photos, 5 are for training, 2 for validation and 3 for the
-    test.  For cat-versus-dog the validation and test rows are balanced (as many
-    dogs as cats, spread over the breeds), so always guessing one class scores 50 %.
-    """
+    Of each breed's 10 photos, 5 are for training, 2 for validation and 3 for the test; for
+    cat-versus-dog the validation and test rows are balanced, so guessing one class scores 50 %."""
     if label not in ("species", "breed"):
         raise ValueError(f"label must be 'species' or 'breed', got {label!r}.")
     df = pd.read_csv(packaged_dir() / "pets" / "labels.csv")
@@ -116,40 +101,55 @@ def fashion_arrays() -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def fashion(cache: Path) -> pd.DataFrame:
-    """The Fashion-MNIST subset as PNG files under ``cache`` (written once), and its table.
+def _made_once(final: Path, files: int, make: Callable[[Path], None], **about) -> Path:
+    """``final``, made by ``make(folder)`` unless its ``manifest.json`` counts ``files`` files: one process
+    at a time, resumed where an interrupted one stopped, renamed to ``final`` only when complete."""
+    def complete() -> bool:
+        try:
+            return json.loads((final / "manifest.json").read_text()).get("files") == files
+        except (OSError, ValueError):
+            return False
 
-    fastai reads images from files, so the arrays are written out on first use;
-    a ``manifest.json`` with the archive's checksum marks a complete copy.
-    """
+    if complete():
+        return final
+    with download.locked(final.parent / f".{final.name}.lock"):
+        if complete():  # another process finished it while we waited
+            return final
+        partial = final.with_name(final.name + ".partial")
+        if final.exists():  # a folder without a valid manifest: finish it where it stopped
+            shutil.rmtree(partial, ignore_errors=True)
+            final.rename(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        make(partial)
+        (partial / "manifest.json").write_text(json.dumps({"files": files, **about}))
+        partial.rename(final)
+    return final
+
+
+def fashion(cache: Path) -> pd.DataFrame:
+    """The Fashion-MNIST subset as PNG files under ``cache`` (fastai reads files), written once
+    (see :func:`_made_once`), and its table."""
     arrays = fashion_arrays()
     classes = [str(c) for c in arrays["classes"]]
     digest = verify_packaged()["fashion_mnist.npz"]
-    root = cache / "data" / f"fashion-{digest[:12]}"
     rows = [dict(fname=f"{split}/{i:05d}.png", label=classes[y], split=split)
             for split in SPLITS for i, y in enumerate(arrays[f"{split}_y"])]
-    manifest = root / "manifest.json"
-    if not (manifest.is_file() and json.loads(manifest.read_text()).get("sha256") == digest):
-        tmp = root.with_name(root.name + f".partial-{np.random.SeedSequence().entropy % 10**8}")
+
+    def write(folder: Path) -> None:
         for split in SPLITS:
-            (tmp / split).mkdir(parents=True, exist_ok=True)
+            (folder / split).mkdir(exist_ok=True)
             for i, img in enumerate(arrays[f"{split}_x"]):
-                Image.fromarray(img).save(tmp / split / f"{i:05d}.png")
-        (tmp / "manifest.json").write_text(json.dumps({"sha256": digest, "files": len(rows)}))
-        try:
-            tmp.rename(root)
-        except OSError:  # another process finished first: its copy is as good as ours
-            shutil.rmtree(tmp, ignore_errors=True)
+                Image.fromarray(img).save(folder / split / f"{i:05d}.png")
+
+    root = _made_once(cache / "data" / f"fashion-{digest[:12]}", len(rows), write, sha256=digest)
     return _finish(pd.DataFrame(rows), root)
 
 
 def full_pets(settings: Settings) -> pd.DataFrame:
     """The whole Oxford-IIIT Pet data set (full mode), downloaded on first use, labelled by breed.
 
-    A seeded draw puts 20 % of the photos in the test split and 10 % in validation.  The table
-    points at a copy resized once (:func:`resized_copy`), so no lesson decodes the full-size JPEGs
-    again every epoch.
-    """
+    A seeded draw puts 20 % of the photos in the test split and 10 % in validation.  The table points
+    at a copy resized once (:func:`resized_copy`), so no epoch decodes the full-size JPEGs."""
     s = settings
     root = download.pets_images()
     files = sorted(p.name for p in root.iterdir() if p.suffix == ".jpg")
@@ -177,46 +177,23 @@ def _resize_one(source: Path, target: Path, short_side: int) -> None:
 
 def resized_copy(root: Path, files: list[str], short_side: int, cache: Path, workers: int = 1,
                  progress: bool = True) -> Path:
-    """A copy of ``root / f`` for every ``f`` in ``files`` with short side ``short_side``, in the cache.
-
-    Made once, with a progress bar, and marked complete by a ``manifest.json`` listing as many
-    files as asked for; an interrupted copy is resumed where it stopped (each photo is written
-    atomically).  ``workers`` threads decode in parallel (Pillow releases the GIL).  Returns the folder.
-    """
+    """The folder of a copy of ``root / f`` for every ``f`` in ``files`` with short side ``short_side``,
+    made once in the cache by ``workers`` threads (resumed when interrupted, see :func:`_made_once`)."""
     from tqdm.auto import tqdm  # imported when needed, like the progress bar
 
     listing = "\n".join(f"{f}:{(root / f).stat().st_size}" for f in files)
     digest = hashlib.sha256(listing.encode()).hexdigest()[:12]
-    final = cache / "data" / f"pets-{short_side}px-{digest}"
-    manifest = final / "manifest.json"
 
-    def complete() -> bool:
-        try:
-            return json.loads(manifest.read_text()).get("files") == len(files)
-        except (OSError, ValueError):
-            return False
-
-    if complete():
-        return final
-    with download.locked(final.parent / f".{final.name}.lock"):
-        if complete():  # another process finished it while we waited
-            return final
-        partial = final.with_name(final.name + ".partial")
-        if final.exists():  # a folder without a valid manifest: finish it where it stopped
-            if partial.exists():
-                shutil.rmtree(partial)
-            final.rename(partial)
-        partial.mkdir(parents=True, exist_ok=True)
-        todo = [f for f in files if not (partial / f).is_file()]
+    def resize(folder: Path) -> None:
+        todo = [f for f in files if not (folder / f).is_file()]
         with tqdm(total=len(files), initial=len(files) - len(todo), unit="photo", disable=not progress,
                   desc=f"Resizing the photos to {short_side} px (once)") as bar, \
                 ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for _ in pool.map(lambda f: _resize_one(root / f, partial / f, short_side), todo):
+            for _ in pool.map(lambda f: _resize_one(root / f, folder / f, short_side), todo):
                 bar.update(1)
-        (partial / "manifest.json").write_text(json.dumps(
-            {"files": len(files), "short_side": short_side, "source": str(root)}))
-        partial.rename(final)
-    return final
+
+    return _made_once(cache / "data" / f"pets-{short_side}px-{digest}", len(files), resize,
+                      short_side=short_side, source=str(root))
 
 
 def items(name: str, settings: Settings) -> pd.DataFrame:
@@ -228,19 +205,12 @@ def items(name: str, settings: Settings) -> pd.DataFrame:
     df = tables[name]()
     if settings.max_per_class is None:
         return df
-    cut = df.groupby(["split", "label"], sort=False).head(settings.max_per_class).reset_index(drop=True)
-    cut.attrs = dict(df.attrs)
-    return cut
+    return _finish(df.groupby(["split", "label"], sort=False).head(settings.max_per_class), df.attrs["path"])
 
-
-# --- subsets and loaders -------------------------------------------------------------------
 
 def subsample(df: pd.DataFrame, per_class: int | None, seed: int = 0) -> pd.DataFrame:
-    """What a ``DataBlock`` may see: ``per_class`` random training images of each class,
-    and every validation image.  The test rows are never part of it.
-
-    ``None`` keeps every training image.  The same seed picks the same images.
-    """
+    """What a ``DataBlock`` may see: ``per_class`` random training images of each class (None: all,
+    the same for the same seed) and every validation image, never the test rows."""
     train = df[df.split == "train"]
     if per_class is not None:
         if per_class < 1:
@@ -256,18 +226,14 @@ def subsample(df: pd.DataFrame, per_class: int | None, seed: int = 0) -> pd.Data
 
 
 def batch_size(n_train: int, settings: Settings, largest: int | None = None) -> int:
-    """The mode's batch size (or ``largest``), or half the training set when that is smaller.
-
-    fastai drops the last incomplete training batch, so a batch as large as the
-    training set would give one step an epoch; half gives at least two.
-    """
+    """The mode's batch size (or ``largest``), or half the training set when that is smaller:
+    fastai drops the last incomplete batch, so half the set gives at least two steps an epoch."""
     return max(2, min(largest or settings.batch_size, n_train // 2))
 
 
 def datablock(path: str | Path, image_size: int, augment: bool = True) -> DataBlock:
-    """The course's one ``DataBlock`` for an items table (lessons and lesson 06's audited folders):
-    images ``path / fname`` (``images.ImagePath``: absolute names in a CSV too) opened by
-    ``images.RGBImage``, labels from ``label``, the split from ``is_valid``."""
+    """The course's one ``DataBlock`` for an items table (lessons, lesson 06's folders): images
+    ``path / fname`` (``images.ImagePath``, ``RGBImage``), labels ``label``, split by ``is_valid``."""
     return DataBlock(blocks=(ImageBlock(cls=RGBImage), CategoryBlock), get_x=ImagePath(path),
                      get_y=ColReader("label"), splitter=ColSplitter("is_valid"),
                      item_tfms=Resize(image_size),
@@ -278,15 +244,12 @@ def get_dls(name: str, settings: Settings, per_class: int | None = None, seed: i
             augment: bool = True, image_size: int | None = None, **kwargs) -> DataLoaders:
     """fastai ``DataLoaders`` for the training and validation rows of data set ``name``.
 
-    ``per_class`` limits the training images a class (default: the mode's); the test rows are
-    left out, for :func:`test_rows`.  The same ``seed`` picks the same images and shuffles the
-    same way.  The loaders' ``path`` (where a learner writes checkpoints) is the course cache: the
-    data folder is only read.  Workers and pinned memory follow :func:`settings.loader_plan`.
-    """
+    ``per_class`` limits the training images a class (default: the mode's); the test rows are left
+    out, for :func:`test_rows`.  The same ``seed`` picks and shuffles the same way.  Learners write
+    checkpoints to the cache (the loaders' ``path``); workers follow :func:`settings.loader_plan`."""
     s = settings
     df = subsample(items(name, s), per_class if per_class is not None else s.per_class, seed)
-    size = image_size or s.image_size
-    return datablock(df.attrs["path"], size, augment).dataloaders(
+    return datablock(df.attrs["path"], image_size or s.image_size, augment).dataloaders(
         df, path=s.cache_dir, bs=batch_size(int((~df.is_valid).sum()), s), seed=seed,
         **{"device": s.device, "num_workers": s.num_workers, "pin_memory": s.pin_memory, **kwargs})
 

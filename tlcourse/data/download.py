@@ -1,22 +1,12 @@
 """Downloads for full mode that either succeed completely or fail with one clear message.
 
-Full mode needs the Oxford-IIIT Pets archive (fastai's copy, 811 MB) and, for another
-``TLCOURSE_ARCH``, ImageNet weights (torchvision's for the ResNets fastai knows, timm's from the
-Hugging Face hub for any timm name).  Workshop Wi-Fi drops, proxies block, laptops sleep, so the
-transfer (fastdownload's ``download_url``, with a timeout) starts again when cut short, leaves
-nothing behind when it fails, and only a file whose size and checksums match (fastai's size and
-MD5 of the first MiB, torchvision's SHA-256 prefix, a ``.tgz``'s gzip stream read to its end) is
-renamed to its real name; an archive is unpacked next to its destination, then renamed into
-place.  A copy already on disk is checked too, and anything that fails ends in one
-:class:`DownloadError` saying what failed and how to go on.
-
-Files go where fastai and torchvision look (``~/.fastai/archive``, ``~/.fastai/data``,
-``$TORCH_HOME/hub/checkpoints``; for timm weights, the Hugging Face cache too), so their copies
-are reused.  ``FastDownload.get`` and torch hub's download are not used whole: neither takes a
-timeout, and ``get`` unpacks before checking the whole archive.  ``HF_ENDPOINT`` is honoured and
-``HF_HUB_OFFLINE=1`` means "use cached copies only".  For tests and mirrors: ``TLCOURSE_DATA_URL``,
-``TLCOURSE_WEIGHTS_URL`` (base URLs), ``TLCOURSE_DATA_DIR`` (instead of fastai's folders) and
-``TLCOURSE_CHECKSUMS`` (see :func:`resource`).
+Full mode needs the Oxford-IIIT Pets archive (811 MB) and, for another ``TLCOURSE_ARCH``, ImageNet
+weights (torchvision's, or timm's from the Hugging Face hub).  A transfer (fastdownload's
+``download_url``: unlike ``FastDownload.get`` and torch hub's, it takes a timeout) starts again when
+cut short, leaves nothing behind when it fails and gets its real name only once its size and
+checksums match; copies on disk are checked too.  Files go where fastai, torchvision and timm look,
+so their copies are reused; ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE=1`` are honoured.  Tests and mirrors
+set ``TLCOURSE_DATA_URL``, ``TLCOURSE_WEIGHTS_URL``, ``TLCOURSE_DATA_DIR`` and ``TLCOURSE_CHECKSUMS``.
 """
 
 from __future__ import annotations
@@ -48,22 +38,19 @@ from fastai.data.external import URLs, fastai_path
 from fastdownload import download_url, path_stats
 from filelock import FileLock
 
-from tlcourse.settings import arch_source, atomic_path
+from tlcourse.settings import QuietError, arch_source, atomic_path
 
 HOW_TO_GO_ON = ("To go on: work offline with TLCOURSE_MODE=quick (set it, then restart the "
                 "kernel), or run `tlcourse prefetch` on a good connection and try again.")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(QuietError, RuntimeError):
     """A download that failed; ``str()`` is the short message for the learner (``what`` names the
-    file, ``reason`` says what went wrong).  Jupyter shows it alone, without a traceback."""
+    file, ``reason`` says what went wrong, ``hint`` how to go on)."""
 
     def __init__(self, what: str, reason: str, hint: str = HOW_TO_GO_ON):
         self.what, self.reason, self.hint = what, reason, hint
         super().__init__(f"Could not download {what}: {reason}.\n{hint}")
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {self}"]
 
 
 @dataclass(frozen=True)
@@ -110,8 +97,7 @@ def _weights_at(url: str, arch: str, description: str) -> Resource:
 
 
 def weights_resource(arch: str) -> Resource:
-    """The ImageNet weights of ``arch``, from wherever :func:`tlcourse.settings.arch_source` says:
-    torchvision's (those fastai's ``vision_learner`` uses) or timm's (with or without a ``.tag``)."""
+    """The ImageNet weights of ``arch``, torchvision's or timm's as :func:`settings.arch_source` says."""
     import timm
     import torchvision
 
@@ -142,10 +128,8 @@ def weights_resource(arch: str) -> Resource:
 def resource(name: str) -> Resource:
     """The :class:`Resource` called ``name``: a data set (``pets``) or an architecture's weights.
 
-    ``TLCOURSE_CHECKSUMS`` may name a JSON file of ``{file name: {"size", "md5_first_mib",
-    "sha256"}}``: the expected figures of a mirror's own copies (a dress rehearsal, a
-    workshop's local server), used in place of the published ones for the files it lists.
-    """
+    ``TLCOURSE_CHECKSUMS`` may name a JSON file of ``{file name: {"size", "md5_first_mib", "sha256"}}``:
+    a mirror's own figures (a rehearsal, a workshop's server), used instead of the published ones."""
     res = DATASETS[name] if name in DATASETS else weights_resource(name)
     listed = os.environ.get("TLCOURSE_CHECKSUMS")
     try:
@@ -161,11 +145,8 @@ def resource(name: str) -> Resource:
         sha256_prefix=known["sha256"] if res.sha256_prefix else None)
 
 
-# --- where files go -------------------------------------------------------------------------
-
 def _data_dir(kind: str) -> Path:
-    """Folder for downloaded archives (``kind="archive"``) or unpacked data sets (``"data"``):
-    ``$TLCOURSE_DATA_DIR/<kind>`` or fastai's."""
+    """``$TLCOURSE_DATA_DIR/<kind>`` or fastai's folder ``kind`` (``"archive"`` or ``"data"``)."""
     env = os.environ.get("TLCOURSE_DATA_DIR")
     return Path(env).expanduser() / kind if env else Path(fastai_path(kind))
 
@@ -178,8 +159,7 @@ def url_of(res: Resource, base_url: str | None = None) -> str:
 
 
 def target_of(res: Resource) -> Path:
-    """Where the downloaded file goes: the archive folder for data sets, else torch hub's
-    checkpoints (``$TORCH_HOME/hub/checkpoints``), where torchvision looks."""
+    """Where the downloaded file goes: the archive folder, or torch hub's checkpoints for weights."""
     folder = _data_dir("archive") if res.kind == "dataset" else Path(torch.hub.get_dir()) / "checkpoints"
     return folder / res.filename
 
@@ -188,8 +168,6 @@ def ready_path(res: Resource) -> Path:
     """What a finished fetch returns: the unpacked folder, or the weights file."""
     return _data_dir("data") / res.stem if res.kind == "dataset" else target_of(res)
 
-
-# --- checks ---------------------------------------------------------------------------------
 
 def sha256_file(path: Path) -> str:
     """SHA-256 of a file, read in 1 MiB blocks (weights and archives can be large)."""
@@ -238,8 +216,8 @@ _VERIFIED: set[tuple[str, Hashable, int, int]] = set()
 
 
 def checked_once(path: Path, against: Hashable, check: Callable[[], str | None]) -> str | None:
-    """``check()`` of ``path`` against ``against`` (None when whole, else what is wrong), run once
-    per process: a file that passed is not read again until its size or modification time changes."""
+    """``check()`` (None when ``path`` is whole against ``against``, else what is wrong), run once per
+    process: a file that passed is read again only when its size or modification time changes."""
     stat = path.stat()
     key = (str(path), against, stat.st_size, stat.st_mtime_ns)
     if key in _VERIFIED:
@@ -251,11 +229,9 @@ def checked_once(path: Path, against: Hashable, check: Callable[[], str | None])
 
 
 def verify(res: Resource, path: Path) -> str | None:
-    """None when ``path`` is a whole, correct copy of ``res``, else what is wrong with it.
-
-    Checks what is known (once per process, see :func:`checked_once`): the published size and
-    checksums, the SHA-256 recorded at download (or in a Hugging Face cache file's name), the gzip
-    stream of an archive to its end, the structure of a safetensors file."""
+    """None when ``path`` is a whole, correct copy of ``res``, else what is wrong with it: checks
+    (once per process) the published size and checksums, the SHA-256 recorded at download (or in a
+    Hugging Face cache file's name), an archive's gzip stream and a safetensors file's layout."""
     return checked_once(path, res, lambda: _verify(res, path))
 
 
@@ -276,22 +252,16 @@ def _verify(res: Resource, path: Path) -> str | None:
     if recorded is not None and (digest or sha256_file(path)) != recorded:
         return "its SHA-256 differs from the one recorded when it was downloaded"
     name = res.filename.lower()
-    if name.endswith((".tgz", ".tar.gz", ".gz")):
-        return _gzip_problem(path)
-    if name.endswith(".safetensors"):
-        return _safetensors_problem(path)
-    return None
+    return (_gzip_problem(path) if name.endswith((".tgz", ".gz"))  # .tar.gz too
+            else _safetensors_problem(path) if name.endswith(".safetensors") else None)
 
 
-# --- the transfer ---------------------------------------------------------------------------
-
-def _mb(n: int | None) -> str:
-    return "?" if n is None else f"{n / 1e6:,.1f} MB"
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
 
 
 def _transfer(url: str, dest: Path, timeout: float, progress: bool) -> None:
-    """fastdownload's ``download_url`` (``<dest>.part``, renamed when the body is complete),
-    with a timeout; a failed transfer leaves nothing behind."""
+    """fastdownload's ``download_url`` with a timeout; a failed transfer leaves nothing behind."""
     try:
         download_url(url, dest, timeout=timeout, show_progress=progress)
     except NameError as err:
@@ -327,14 +297,13 @@ def _reason(err: BaseException, url: str) -> str:
                 "company proxies or with a wrong clock)")
     if "tunnel connection failed" in text.lower() or (proxy and isinstance(cause, ConnectionRefusedError)):
         return f"the proxy {proxy} refused the connection (check HTTPS_PROXY)"
-    if isinstance(cause, socket.gaierror):
-        return f"there is no network, or {host} cannot be found (DNS)"
-    if isinstance(cause, ConnectionRefusedError):
-        return f"{host} refused the connection (no network or a firewall?)"
-    if isinstance(cause, (TimeoutError, socket.timeout)):
-        return f"{host} did not answer in time (slow or no network)"
-    if isinstance(cause, (ConnectionError, http.client.HTTPException)):
-        return f"the connection to {host} broke ({type(cause).__name__})"
+    for kinds, why in ((socket.gaierror, f"there is no network, or {host} cannot be found (DNS)"),
+                       (ConnectionRefusedError, f"{host} refused the connection (no network or a firewall?)"),
+                       (TimeoutError, f"{host} did not answer in time (slow or no network)"),
+                       ((ConnectionError, http.client.HTTPException),
+                        f"the connection to {host} broke ({type(cause).__name__})")):
+        if isinstance(cause, kinds):
+            return why
     if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
         return "the disk is full"
     if isinstance(cause, PermissionError) or (isinstance(cause, OSError) and cause.errno == errno.EROFS):
@@ -348,10 +317,9 @@ def _reason(err: BaseException, url: str) -> str:
 RETRY_DELAY = 1.0
 
 
-def _download(res: Resource, url: str, target: Path, timeout: float, retries: int,
-              progress: bool) -> Path:
-    """Get ``res`` into ``target``, verified, or raise :class:`DownloadError`: only a transfer that
-    passes :func:`verify` is renamed to ``target``; an interrupted one starts again ``retries`` times."""
+def _download(res: Resource, url: str, target: Path, timeout: float, retries: int, progress: bool) -> Path:
+    """Get ``res`` into ``target``, verified, or raise :class:`DownloadError`; an interrupted
+    transfer starts again ``retries`` times."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if res.size is not None:
         have = shutil.disk_usage(target.parent).free
@@ -364,14 +332,11 @@ def _download(res: Resource, url: str, target: Path, timeout: float, retries: in
             try:
                 _transfer(url, arrived, timeout, progress)
                 break
-            except _INTERRUPTED as err:
-                if attempt == retries:
+            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
+                if attempt == retries or not isinstance(err, _INTERRUPTED):  # only a cut is tried again
                     raise DownloadError(res.what, _reason(err, url)) from None
                 time.sleep(min(2.0 ** attempt, 10.0) * RETRY_DELAY)
-            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
-                raise DownloadError(res.what, _reason(err, url)) from None
-        problem = verify(res, arrived)
-        if problem:
+        if problem := verify(res, arrived):
             raise DownloadError(res.what, f"the file that arrived is corrupt or incomplete "
                                 f"({problem}); it was deleted")
         if res.sha256_prefix is None and res.kind == "weights":  # no published checksum: record one
@@ -437,11 +402,8 @@ def fetch(name: str, *, base_url: str | None = None, timeout: float = 30.0, retr
     """Download (or find on disk) resource ``name``; return its ready-to-use path.
 
     ``name`` is ``"pets"`` (the unpacked ``oxford-iiit-pet`` folder) or an architecture whose
-    ImageNet weights are downloaded, torchvision's (``"resnet34"``: the file where torchvision
-    looks) or timm's (``"resnet18.a1_in1k"``).  Weights already on disk are checked first; damaged
-    ones raise :class:`DownloadError` naming the file to delete.  Interrupted transfers start again
-    up to ``retries`` times.  Anything else that fails raises a short :class:`DownloadError`;
-    nothing half-downloaded is ever left under the real name.
+    ImageNet weights are wanted (``"resnet34"``, ``"resnet18.a1_in1k"``: the weights file).  Weights
+    on disk are checked first; any failure, a damaged copy included, is a short :class:`DownloadError`.
     """
     res = resource(name)
     if (found := _usable(res)) is not None:
@@ -474,9 +436,8 @@ def fetch_url(url: str, dest: str | Path, *, size: int | None = None, md5_first_
               progress: bool = True) -> Path:
     """Download any ``url`` to ``dest`` the same careful way (checked, atomic, retried).
 
-    Give ``size`` and/or a checksum when you know them; without them a complete transfer (every
-    byte the server announced, a whole gzip stream for ``.gz`` and ``.tgz`` names) is what is
-    checked.  Two calls on the same ``dest`` take turns.
+    Give ``size`` and/or a checksum when you know them; without them a complete transfer (and a
+    whole gzip stream for ``.gz`` and ``.tgz`` names) is checked.  Two calls on one ``dest`` take turns.
     """
     dest = Path(dest).expanduser()
     res = Resource(name=dest.name, description="", kind="file", filename=dest.name,
@@ -498,20 +459,16 @@ def pets_images(**kwargs) -> Path:
     return fetch("pets", **kwargs) / "images"
 
 
-# --- what the CLI wires --------------------------------------------------------------------
-
 def default_names(arch: str) -> list[str]:
-    """What full mode downloads with architecture ``arch`` (``settings.arch``): the Pets data
-    set, plus the weights unless they ship with the course (torchvision and timm weights are
-    downloaded)."""
+    """What full mode downloads with architecture ``arch``: Pets, and the weights unless they ship
+    with the course."""
     return ["pets"] if arch_source(arch)[0] == "offline" else ["pets", arch]
 
 
 def prefetch(names: list[str], *, base_url: str | None = None, timeout: float = 30.0,
              retries: int = 3, progress: bool = True, quiet: bool = False) -> dict[str, Path]:
-    """Download ``names`` (``default_names(settings.arch)``: what full mode needs) ahead of time,
-    for ``tlcourse prefetch`` on a good connection; return name -> path.  Each item prints one
-    line; the first failure (a damaged copy on disk included) raises :class:`DownloadError`."""
+    """Download ``names`` (see :func:`default_names`) ahead of time for ``tlcourse prefetch``, one line
+    printed each; return name -> path.  The first failure raises :class:`DownloadError`."""
     done: dict[str, Path] = {}
     for name in names:
         cached = existing(resource(name)) is not None
@@ -550,10 +507,9 @@ def status(names: list[str]) -> dict[str, Status]:
         res = resource(name)
         where = existing(res)
         problem = verify(res, where) if where is not None and res.kind == "weights" else None
-        found[name] = Status(name=name, description=res.description,
-                             cached=where is not None and problem is None,
-                             path=str(where or ready_path(res)), url=url_of(res), size=res.size,
-                             problem=problem)
+        found[name] = Status(name=name, description=res.description, path=str(where or ready_path(res)),
+                             cached=where is not None and problem is None, url=url_of(res),
+                             size=res.size, problem=problem)
     return found
 
 
@@ -568,19 +524,15 @@ def status_text(found: dict[str, Status]) -> str:
 
 @contextlib.contextmanager
 def explained(what: str) -> Iterator[None]:
-    """Turn a network failure inside a third-party download into one :class:`DownloadError`.
-
-    ``with download.explained("resnet34 weights"): model = ...`` for code that
-    downloads by itself (torch hub, timm, Hugging Face).
-    """
+    """Turn a network failure inside a third-party download (torch hub, timm, Hugging Face) into
+    one :class:`DownloadError`: ``with download.explained("resnet34 weights"): model = ...``."""
     try:
         yield
-    except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError,
-            http.client.HTTPException, ssl.SSLError) as err:
+    except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException,
+            ssl.SSLError) as err:
         raise DownloadError(what, _reason(err, getattr(err, "url", "") or "the server")) from None
     except Exception as err:
-        # The hub client's and HTTP libraries' own errors (huggingface_hub, httpx, requests);
-        # anything else (a DownloadError included) goes on as it is.
+        # the hub client's and HTTP libraries' own errors; anything else goes on as it is
         module = type(err).__module__.split(".")[0]
         if module not in ("huggingface_hub", "httpx", "httpcore", "requests", "urllib3"):
             raise
