@@ -1,6 +1,5 @@
 """Key results that a notebook reports: ``key_result("head-only accuracy", 0.91)`` prints a line
-and attaches the value under a MIME type of its own, which ``tlcourse run`` collects into its summary.
-"""
+and attaches the value under a MIME type of its own, which ``tlcourse run`` collects into its summary."""
 
 from __future__ import annotations
 
