@@ -54,8 +54,7 @@ def _summary_markdown(rows: list[dict], mode: str) -> str:
     lines = [f"# tlcourse run ({mode} mode)", "", "| notebook | time (s) | status | key results |",
              "| --- | ---: | --- | --- |"]
     for r in rows:
-        results = "; ".join(f"{k['name']}: {k['value']:.3f}" if isinstance(k["value"], float)
-                            else f"{k['name']}: {k['value']}" for k in r["results"])
+        results = "; ".join(f"{k['name']}: {report.shown(k['value'])}" for k in r["results"])
         status = "ok" if r["ok"] else f"FAILED: {r['error']}"
         lines.append(f"| {r['notebook']} | {r['seconds']} | {status} | {results} |")
     lines.append(f"\nTotal: {sum(r['seconds'] for r in rows):.0f} s")

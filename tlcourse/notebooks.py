@@ -65,8 +65,7 @@ def structure_problems(nb, name: str) -> list[str]:
         problems.append("the first cell must be a markdown title '# N. Title'")
     elif badge(name) not in cells[0].source:
         problems.append("the first cell lacks the Colab badge for this repository (run `tlcourse colab`)")
-    setups = [c for c in cells if SETUP_TAG in _tags(c)]
-    if len(setups) != 1 or setups[0].source != setup_source():
+    if [c.source for c in cells if SETUP_TAG in _tags(c)] != [setup_source()]:
         problems.append("there must be exactly one setup cell (tag 'setup') with the standard source")
     if not any("check_versions()" in c.source for c in code):
         problems.append("no cell calls settings.check_versions()")
