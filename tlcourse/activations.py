@@ -34,8 +34,7 @@ def to_batch(model: torch.nn.Module, image: ImageLike) -> torch.Tensor:
 @torch.no_grad()
 def activations(model: torch.nn.Module, image: ImageLike,
                 layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
-    """One forward pass in eval mode (the model's mode is restored afterwards); the named
-    layers' outputs, in the order asked."""
+    """One forward pass in eval mode (then the model's mode restored): the named layers' outputs, in order."""
     names = hooks.as_names(layers)
     was_training = model.training
     model.eval()
@@ -44,17 +43,15 @@ def activations(model: torch.nn.Module, image: ImageLike,
             model(to_batch(model, image))
     finally:
         model.train(was_training)
-    missing = [n for n in names if n not in store]
-    if missing:
+    if missing := [n for n in names if n not in store]:
         raise RuntimeError(f"layers {missing} did not run in the forward pass (or returned no "
                            "tensor); pick layers that the model calls, such as its blocks.")
     return {n: store[n] for n in names}
 
 
 def similarity(model: torch.nn.Module, images: Mapping[str, ImageLike], layer: str) -> pd.DataFrame:
-    """Cosine similarity between the images' outputs of ``layer`` (flattened), image by image.
-    Near 1 everywhere means the layer describes every image alike: a classifier reading it could
-    not tell them apart."""
+    """Cosine similarity of the images' outputs of ``layer`` (flattened), image by image: near 1
+    everywhere, the layer describes every image alike and a classifier on it could not tell them apart."""
     if len(images) < 2:
         raise ValueError("similarity compares images: pass at least two, as {'name': image}.")
     batches = [to_batch(model, img) for img in images.values()]
@@ -114,9 +111,8 @@ def batch_activations(model: torch.nn.Module, batch: torch.Tensor, layer: str,
 
 
 def strongest(maps: torch.Tensor, channel: int, k: int) -> list[tuple[int, int, int]]:
-    """Where ``channel`` responds most in a batch of maps ``(N, C, H, W)``: ``(image index,
-    row, column)`` of the ``k`` images with the largest peaks, strongest first, each image
-    once, at its strongest position."""
+    """Where ``channel`` responds most in maps ``(N, C, H, W)``: ``(image index, row, column)`` of the
+    ``k`` images with the largest peaks, strongest first, each image once, at its strongest position."""
     if maps.dim() != 4 or not 0 <= channel < maps.shape[1]:
         raise ValueError(f"expected maps (N, C, H, W) and a channel below C; got {tuple(maps.shape)} "
                          f"and channel {channel}.")
@@ -154,14 +150,11 @@ def top_patches(model: torch.nn.Module, batch: torch.Tensor, layer: str, channel
     pixels = unnormalise(model, batch)
     grid, size = maps.shape[-2:], pixels.shape[-2:]
     patch = patch or int(3 * size[0] / grid[0])
-    found = {}
-    for c in map(int, channels):
-        boxes = [(i, patch_box(row, col, grid, size, patch)) for i, row, col in strongest(maps, c, k)]
-        found[c] = [pixels[i, :, top:bottom, left:right] for i, (top, left, bottom, right) in boxes]
-    return found
+    boxes = {c: [(i, patch_box(row, col, grid, size, patch)) for i, row, col in strongest(maps, c, k)]
+             for c in map(int, channels)}
+    return {c: [pixels[i, :, top:bottom, left:right] for i, (top, left, bottom, right) in found]
+            for c, found in boxes.items()}
 
-
-# --- interactive explorer ----------------------------------------------------------
 
 @dataclass
 class Explorer:
@@ -198,8 +191,7 @@ def explore(model: torch.nn.Module, images: Mapping[str, ImageLike], layers: Seq
             title=f"{image}: layer {layer!r}, {len(chosen)} of {maps.shape[0]} channels ({order}){note}")
 
     def draw(image: str, layer: str, order: str, first_channel: int, count: int) -> None:
-        fig = figure(image, layer, order, first_channel, count)
-        display(fig)
+        display(fig := figure(image, layer, order, first_channel, count))
         plt.close(fig)
 
     first_image = next(iter(images))

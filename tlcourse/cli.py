@@ -54,8 +54,7 @@ def _summary_markdown(rows: list[dict], mode: str) -> str:
     lines = [f"# tlcourse run ({mode} mode)", "", "| notebook | time (s) | status | key results |",
              "| --- | ---: | --- | --- |"]
     for r in rows:
-        results = "; ".join(f"{k['name']}: {k['value']:.3f}" if isinstance(k["value"], float)
-                            else f"{k['name']}: {k['value']}" for k in r["results"])
+        results = "; ".join(f"{k['name']}: {report.shown(k['value'])}" for k in r["results"])
         status = "ok" if r["ok"] else f"FAILED: {r['error']}"
         lines.append(f"| {r['notebook']} | {r['seconds']} | {status} | {results} |")
     lines.append(f"\nTotal: {sum(r['seconds'] for r in rows):.0f} s")
@@ -77,8 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not paths:
         raise SystemExit(f"No notebooks (NN_topic.ipynb) found in {args.notebooks}; pass --notebooks DIR.")
     paths = [p for p in paths if not args.only or p.name.startswith(tuple(args.only))]
-    rows = []
-    bar = tqdm(paths, desc="notebooks", unit="nb")
+    rows, bar = [], tqdm(paths, desc="notebooks", unit="nb")
     for path in bar:
         bar.set_postfix_str(path.name)
         rows.append(execute(path, out, timeout=args.timeout))
@@ -111,19 +109,17 @@ def cmd_colab(args: argparse.Namespace) -> int:
     return 1 if args.check and stale else 0
 
 
-def _size(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
-
-
-def cache_contents(cache: Path) -> list[tuple[str, int, int]]:
-    """(folder, files, bytes) for each top-level folder of the course cache, sorted, then loose files."""
-    def tally(name: str, paths) -> tuple[str, int, int]:
+def cache_contents(cache: Path) -> list[tuple[str, str]]:
+    """``(folder/, "N files, size")`` for each top-level folder of the cache, sorted, then loose files."""
+    def tally(name: str, paths) -> tuple[str, str]:
         files = [f for f in paths if f.is_file() and not f.name.startswith(".")]
-        return name, len(files), sum(f.stat().st_size for f in files)
+        n = sum(f.stat().st_size for f in files)
+        size = f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
+        return f"{name}/", f"{len(files)} files, {size}"
 
     rows = [tally(p.name, p.rglob("*")) for p in sorted(cache.iterdir()) if p.is_dir()]
     loose = tally("(files)", cache.iterdir())
-    return rows + [loose] if loose[1] else rows
+    return rows if loose[1].startswith("0 files") else rows + [loose]
 
 
 def _mode_needs(s) -> list[tuple[str, str]]:
@@ -139,33 +135,26 @@ def _mode_needs(s) -> list[tuple[str, str]]:
         state = f"ready     {converted}"
     else:
         state = "not yet converted (done on first use from the installed package; no download)"
-    rows = [(f"weights {name}", state)]
-    for data_set in dict.fromkeys((s.dataset, s.few_shot_dataset, s.far_dataset)):
-        state = (str(download.status([data_set])[data_set]) if data_set in download.DATASETS
-                 else "ships with tlcourse (no download)")
-        rows.append((f"data set {data_set}", state))
-    return rows
+    data_sets = dict.fromkeys((s.dataset, s.few_shot_dataset, s.far_dataset))
+    return [(f"weights {name}", state)] + [
+        (f"data set {d}", str(download.status([d])[d]) if d in download.DATASETS
+         else "ships with tlcourse (no download)") for d in data_sets]
 
 
 def _section(heading: str, rows) -> bool:
-    """Print ``heading`` and the ``(what, state)`` pairs of ``rows()``; True if one is DAMAGED or
-    ``rows()`` raises a ValueError (an unknown TLCOURSE_ARCH)."""
+    """Print ``heading`` and the pairs of ``rows()``; True if one is DAMAGED or it raises a ValueError."""
     print(heading)
     try:
         found = list(rows())
     except ValueError as err:
         print(f"  PROBLEM: {err}")
         return True
-    for what, state in found:
-        print(f"  {what:<36} {state}")
-    if not found:
-        print("  (empty)")
+    print("\n".join(f"  {what:<36} {state}" for what, state in found) or "  (empty)")
     return any(str(state).startswith("DAMAGED") for _, state in found)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Report versions, GPU, mode, what the mode needs, what is cached and what full mode
-    would download."""
+    """Report versions, GPU, mode, what the mode needs, what is cached, what full mode would download."""
     import torch
 
     from tlcourse import settings  # torch and fastai: kept off the start of `tlcourse --help`
@@ -183,8 +172,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"cache: {s.cache_dir}" + ("" if ok else " (NOT writable: results and features are not "
                                           "kept; set TLCOURSE_CACHE to a writable folder)"))
     uses = _section(f"What {s.mode} mode uses:", lambda: _mode_needs(s))
-    _section("In the cache:", lambda: [(f"{folder}/", f"{n} files, {_size(size)}")
-                                       for folder, n, size in cache_contents(s.cache_dir)])
+    _section("In the cache:", lambda: cache_contents(s.cache_dir))
     downloads = _section("Downloads of full mode (`tlcourse prefetch` gets them now):",
                          lambda: download.status(download.default_names(settings.full_arch())).items())
     return 1 if not ok or uses or downloads else 0
@@ -207,11 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     """One subcommand per ``cmd_*`` function, named after it; its docstring is the help."""
     parser = argparse.ArgumentParser(prog="tlcourse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    made = []
     for func in (cmd_run, cmd_student, cmd_colab, cmd_check, cmd_prefetch):
-        made.append(sub.add_parser(func.__name__.removeprefix("cmd_"), help=func.__doc__.split("\n\n")[0]))
-        made[-1].set_defaults(func=func)
-    run, student, colab, _, prefetch = made
+        command = sub.add_parser(func.__name__.removeprefix("cmd_"), help=func.__doc__.split("\n\n")[0])
+        command.set_defaults(func=func)
+    run, student, colab, _, prefetch = sub.choices.values()
     for command in (run, student, colab):
         command.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_topic.ipynb files")
     run.add_argument("--mode", choices=["quick", "full"], help="override TLCOURSE_MODE")

@@ -1,12 +1,9 @@
-"""The course's notebooks as files: their fixed opening, student copies, and an audit.
-
-``REPOSITORY`` is the one place that names the repository: ``sync_colab`` (``tlcourse colab``)
-writes every notebook's Colab badge and setup cell from it; a test fails while one disagrees.
-"""
+"""The course's notebooks as files: their fixed opening, student copies, and an audit.  ``REPOSITORY``
+is the one place that names the repository: ``sync_colab`` (``tlcourse colab``) writes every notebook's
+Colab badge and setup cell from it; a test fails while one disagrees."""
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 
@@ -68,8 +65,7 @@ def structure_problems(nb, name: str) -> list[str]:
         problems.append("the first cell must be a markdown title '# N. Title'")
     elif badge(name) not in cells[0].source:
         problems.append("the first cell lacks the Colab badge for this repository (run `tlcourse colab`)")
-    setups = [c for c in cells if SETUP_TAG in _tags(c)]
-    if len(setups) != 1 or setups[0].source != setup_source():
+    if [c.source for c in cells if SETUP_TAG in _tags(c)] != [setup_source()]:
         problems.append("there must be exactly one setup cell (tag 'setup') with the standard source")
     if not any("check_versions()" in c.source for c in code):
         problems.append("no cell calls settings.check_versions()")
@@ -98,16 +94,9 @@ def structure_problems(nb, name: str) -> list[str]:
     return problems
 
 
-def student_copy(nb):
-    """A copy of ``nb`` without solution cells and without outputs; all else identical
-    (nbconvert's ``TagRemovePreprocessor`` and ``ClearOutputPreprocessor``)."""
-    out, resources = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}).preprocess(copy.deepcopy(nb), {})
-    return ClearOutputPreprocessor().preprocess(out, resources)[0]
-
-
 def write_student_copies(source: Path, target: Path) -> list[Path]:
-    """Write a student copy of every lesson notebook in ``source`` into ``target``, which must
-    differ from ``source``: the originals are never overwritten."""
+    """Write a student copy (no solution cells, no outputs, all else identical) of every lesson
+    notebook in ``source`` into ``target``, which must differ: the originals are never overwritten."""
     source, target = Path(source).resolve(), Path(target).resolve()
     if source == target:
         raise ValueError("Student copies need their own folder: pass an --out different from the "
@@ -117,5 +106,7 @@ def write_student_copies(source: Path, target: Path) -> list[Path]:
         raise ValueError(f"No lesson notebooks (NN_topic.ipynb) in {source}.")
     target.mkdir(parents=True, exist_ok=True)
     for path in paths:
-        nbformat.write(student_copy(nbformat.read(path, as_version=4)), target / path.name)
+        nb = nbformat.read(path, as_version=4)
+        nb, resources = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}).preprocess(nb, {})
+        nbformat.write(ClearOutputPreprocessor().preprocess(nb, resources)[0], target / path.name)
     return [target / path.name for path in paths]

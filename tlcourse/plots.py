@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from importlib import resources
+from itertools import zip_longest
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from tlcourse.models.records import History
@@ -29,8 +29,7 @@ def ilsvrc_table() -> pd.DataFrame:
     (``human``), from the package's ``ilsvrc.csv``, whose ``source`` column cites each figure."""
     with resources.files("tlcourse").joinpath("ilsvrc.csv").open(encoding="utf-8") as f:
         table = pd.read_csv(f, keep_default_na=False)
-    missing = set(ILSVRC_COLUMNS) - set(table.columns)
-    if missing:
+    if missing := set(ILSVRC_COLUMNS) - set(table.columns):
         raise ValueError(f"tlcourse/ilsvrc.csv lacks the columns {sorted(missing)}; reinstall tlcourse.")
     return table
 
@@ -44,16 +43,14 @@ def plot_ilsvrc(table: pd.DataFrame | None = None) -> Figure:
                   color=[ERA_COLOURS.get(era, "tab:grey") for era in winners["era"]])
     ax.bar_label(bars, [f"{e:g}%\n{label}" for e, label in zip(winners["top5_error_pct"], winners["label"])],
                  padding=3, fontsize=8)
-    handles = [Patch(color=c, label=f"{era} era winner") for era, c in ERA_COLOURS.items()
-               if era in set(winners["era"])]
     for _, row in table[table["kind"] == "human"].iterrows():
-        ax.axhline(row["top5_error_pct"], color="black", linestyle="--", linewidth=1.2)
-        handles.append(Line2D([], [], color="black", linestyle="--",
-                              label=f"human-level estimate: {row['top5_error_pct']:g}% ({row['label']})"))
+        ax.axhline(row["top5_error_pct"], color="black", linestyle="--", linewidth=1.2,
+                   label=f"human-level estimate: {row['top5_error_pct']:g}% ({row['label']})")
     ax.set(xticks=winners["year"], xlabel="ILSVRC year", ylabel="winning top-5 error (%)",
            ylim=(0, winners["top5_error_pct"].max() * 1.2),
            title="ImageNet challenge (ILSVRC): top-5 classification error of the winner, by year")
-    ax.legend(handles=handles, loc="upper right")
+    ax.legend(handles=[Patch(color=c, label=f"{era} era winner") for era, c in ERA_COLOURS.items()
+                       if era in set(winners["era"])] + ax.get_lines(), loc="upper right")
     fig.text(0.01, 0.005, "Data: tlcourse/ilsvrc.csv, from Russakovsky et al. (IJCV 2015) and the "
              "winners' papers; its 'source' column cites each row.", fontsize=7, color="dimgray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
@@ -68,14 +65,15 @@ def _grid(n: int, ncols: int, width: float, height: float):
     return fig, list(axes.flat)
 
 
-def _show(ax, image=None, title: str = "", **imshow) -> None:
-    """``image`` on an axis without ticks (its ylabel stays visible); no image: the axis hidden."""
-    if image is None:
-        ax.axis("off")
-        return
-    ax.imshow(image, **imshow)
-    ax.set_title(title, fontsize=8)
-    ax.set(xticks=[], yticks=[])
+def _show(axes, images: Sequence, titles: Sequence[str] = (), **imshow) -> None:
+    """``images`` on ``axes`` without ticks (ylabels stay visible), titled; spare axes hidden."""
+    for ax, image, title in zip_longest(axes, images, titles):
+        if image is None:
+            ax.axis("off")
+        else:
+            ax.imshow(image, **imshow)
+            ax.set_title(title or "", fontsize=8)
+            ax.set(xticks=[], yticks=[])
 
 
 def plot_filters(weight: torch.Tensor, max_filters: int = 32, ncols: int = 8,
@@ -89,12 +87,10 @@ def plot_filters(weight: torch.Tensor, max_filters: int = 32, ncols: int = 8,
     rgb = channels == 3
     w = w[:max_filters] if rgb else w[:max_filters].mean(dim=1, keepdim=True)
     low, high = w.amin(dim=(1, 2, 3), keepdim=True), w.amax(dim=(1, 2, 3), keepdim=True)
-    images = ((w - low) / (high - low).clamp_min(1e-8)).permute(0, 2, 3, 1).numpy()
-    images = images if rgb else images[..., 0]
+    images = ((w - low) / (high - low).clamp_min(1e-8)).permute(0, 2, 3, 1).squeeze(-1).numpy()
     fig, axes = _grid(len(images), ncols, 1.2, 1.3)
-    for i, ax in enumerate(axes):
-        _show(ax, images[i] if i < len(images) else None, f"filter {i}", cmap=None if rgb else "gray",
-              interpolation="nearest", vmin=0, vmax=1)
+    _show(axes, images, [f"filter {i}" for i in range(len(images))], cmap=None if rgb else "gray",
+          interpolation="nearest", vmin=0, vmax=1)
     fig.suptitle(title or f"Convolution filters: {len(images)} of {total}, each {kh}×{kw} pixels "
                  f"({'RGB' if rgb else 'mean over inputs'}), each scaled to [0, 1] on its own", fontsize=11)
     fig.tight_layout()
@@ -111,17 +107,13 @@ def _maps(maps: torch.Tensor) -> torch.Tensor:
 
 
 def top_channels(maps: torch.Tensor, n: int) -> list[int]:
-    """Indices of the ``n`` channels of ``maps`` (C, H, W) whose response varies most across
-    positions (largest standard deviation): the maps with visible structure, not flat ones."""
+    """The ``n`` channels of ``maps`` (C, H, W) varying most across positions (largest std): not flat ones."""
     maps = _maps(maps)
     return maps.flatten(1).std(dim=1).topk(min(n, maps.shape[0])).indices.tolist()
 
 
-def _map_row(axes, maps: torch.Tensor, chosen: Sequence[int], cmap: str) -> None:
-    """Channels ``chosen`` of ``maps`` on ``axes``, titled by channel; spare axes hidden."""
-    for i, ax in enumerate(axes):
-        c = int(chosen[i]) if i < len(chosen) else None
-        _show(ax, None if c is None else maps[c].numpy(), f"channel {c}", cmap=cmap)
+def _show_channels(axes, maps: torch.Tensor, chosen: Sequence[int], cmap: str) -> None:
+    _show(axes, [maps[int(c)].numpy() for c in chosen], [f"channel {int(c)}" for c in chosen], cmap=cmap)
 
 
 def plot_feature_maps(maps: torch.Tensor, channels: Sequence[int] | None = None, n: int = 8,
@@ -133,11 +125,10 @@ def plot_feature_maps(maps: torch.Tensor, channels: Sequence[int] | None = None,
     chosen = list(channels) if channels is not None else top_channels(maps, n)
     if not chosen:
         raise ValueError("no channels to show: pass at least one channel index.")
-    bad = [ch for ch in chosen if not 0 <= int(ch) < c]
-    if bad:
+    if bad := [ch for ch in chosen if not 0 <= int(ch) < c]:
         raise ValueError(f"channels {bad} do not exist: this layer has {c} (0 to {c - 1}).")
     fig, axes = _grid(len(chosen), ncols, 1.6, 1.6)
-    _map_row(axes, maps, chosen, cmap)
+    _show_channels(axes, maps, chosen, cmap)
     fig.suptitle(title or f"Feature maps: {len(chosen)} of {c} channels, {h}×{w} positions", fontsize=11)
     fig.text(0.5, 0.005, "each map scaled to its own range; bright = strong response",
              ha="center", fontsize=7, color="dimgray")
@@ -161,7 +152,7 @@ def plot_feature_comparison(columns: Mapping[str, Mapping[str, torch.Tensor]], n
     for panel, (label, found) in zip(panels, columns.items()):
         for row, layer in zip(panel.subplots(len(layers), n_channels, squeeze=False), layers):
             maps = _maps(found[layer])
-            _map_row(row, maps, top_channels(maps, n_channels), cmap)
+            _show_channels(row, maps, top_channels(maps, n_channels), cmap)
             c, h, w = maps.shape
             row[0].set_ylabel(f"{layer}\n{c} ch, {h}×{w}", fontsize=9)
         panel.suptitle(label, fontsize=11)
@@ -172,9 +163,8 @@ def plot_feature_comparison(columns: Mapping[str, Mapping[str, torch.Tensor]], n
 
 def plot_predictions(images: Mapping[str, object], predictions: Mapping[str, Sequence[tuple[str, float]]],
                      title: str | None = None) -> Figure:
-    """Photos in a row, each above a bar chart of its top-k classes (cut to their first synonym):
-    ``images`` maps a name to a PIL image (or array), ``predictions`` the same names to
-    ``[(class name, probability), ...]`` as ``models.top_k`` returns them."""
+    """Photos in a row, each above a bar chart of its top-k classes (first synonym only): ``images``
+    maps a name to a PIL image or array, ``predictions`` the same names to ``models.top_k``'s pairs."""
     fig, axes = plt.subplots(2, len(images), figsize=(3.3 * len(images), 6.2), squeeze=False,
                              gridspec_kw={"height_ratios": (1.2, 1)})
     for (top, bottom), (name, image) in zip(axes.T, images.items()):
@@ -195,23 +185,20 @@ def plot_predictions(images: Mapping[str, object], predictions: Mapping[str, Seq
 
 def plot_top_patches(panels: Mapping[str, Mapping[int, Sequence[torch.Tensor]]],
                      title: str | None = None) -> Figure:
-    """What channels respond to: one panel per model, one row per channel, its top patches left to
-    right.  ``panels`` maps a title to ``{channel: [patch, ...]}`` as ``activations.top_patches``
-    returns it (strongest first), the same number of channels in each."""
+    """What channels respond to: a panel per model, a row per channel, its top patches left to right;
+    ``panels`` maps a title to ``activations.top_patches``'s ``{channel: [patch, ...]}``."""
     if not panels:
         raise ValueError("nothing to show: pass {'panel title': {channel: [patch, ...]}, ...}.")
-    rows = {len(found) for found in panels.values()}
-    if len(rows) != 1 or not rows.pop():
-        raise ValueError("every panel needs the same, non-zero number of channels.")
     n_rows = len(next(iter(panels.values())))
+    if not n_rows or any(len(found) != n_rows for found in panels.values()):
+        raise ValueError("every panel needs the same, non-zero number of channels.")
     n_cols = max(len(p) for found in panels.values() for p in found.values())
     fig = plt.figure(figsize=(1.25 * n_cols * len(panels) + 1.0, 1.3 * n_rows + 1.2), layout="constrained")
     subfigs = fig.subfigures(1, len(panels), wspace=0.05, squeeze=False)[0]
     for sub, (label, found) in zip(subfigs, panels.items()):
         axes = sub.subplots(n_rows, n_cols, squeeze=False)
         for row, (channel, patches) in zip(axes, found.items()):
-            for j, ax in enumerate(row):
-                _show(ax, patches[j].permute(1, 2, 0).numpy() if j < len(patches) else None)
+            _show(row, [p.permute(1, 2, 0).numpy() for p in patches])
             row[0].set_ylabel(f"channel {channel}", fontsize=9)
         for j, ax in enumerate(axes[0]):
             ax.set_title(f"#{j + 1}", fontsize=8)
@@ -241,9 +228,8 @@ def plot_projections(panels: Mapping[str, tuple[object, object]], classes: Seque
             ax.scatter(pts[keep, 0], pts[keep, 1], s=16, alpha=0.8, color=cmap(c % cmap.N), label=name)
         ax.set_title(label, fontsize=11)
         ax.set(xlabel=f"{method} axis 1 (arbitrary units)", ylabel=f"{method} axis 2 (arbitrary units)")
-    handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=min(len(classes), 8), fontsize=9,
-               title="class", markerscale=1.5)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=min(len(classes), 8),
+               fontsize=9, title="class", markerscale=1.5)
     fig.suptitle(title or f"Features projected to 2-D with {method}, coloured by class", fontsize=12)
     fig.tight_layout(rect=(0, 0.1 if len(classes) <= 8 else 0.16, 1, 1))
     return fig
@@ -252,9 +238,8 @@ def plot_projections(panels: Mapping[str, tuple[object, object]], classes: Seque
 # --- training / lessons 03-04 ---------------------------------------------------------
 
 def plot_training_curves(history, title: str | None = None) -> Figure:
-    """Losses (left; a thin line per batch, smoothed, and dots per epoch) and validation accuracy
-    (right) against epochs, from a ``records.History`` (its stages marked by dotted lines, named
-    in the accuracy panel) or a Learner after ``fit``."""
+    """Losses (a thin smoothed line per batch, dots per epoch) and validation accuracy by epoch, from
+    a ``records.History`` (stages marked by dotted lines) or a Learner after ``fit``."""
     if hasattr(history, "recorder"):
         history = History.of(history)
     elif not hasattr(history, "epochs") or not hasattr(history, "batches"):
@@ -288,8 +273,6 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
     fig.tight_layout()
     return fig
 
-
-# --- lessons 03 and 04: one number per seed ------------------------------------------------
 
 def plot_seed_comparison(results: Mapping[str, pd.Series], chance: float | None = None,
                          title: str = "Test accuracy by seed") -> Figure:

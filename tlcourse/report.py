@@ -1,6 +1,5 @@
 """Key results that a notebook reports: ``key_result("head-only accuracy", 0.91)`` prints a line
-and attaches the value under a MIME type of its own, which ``tlcourse run`` collects into its summary.
-"""
+and attaches the value under a MIME type of its own, which ``tlcourse run`` collects into its summary."""
 
 from __future__ import annotations
 
@@ -9,10 +8,14 @@ from IPython.display import display
 MIME = "application/vnd.tlcourse.result+json"
 
 
+def shown(value: float | int | str) -> str:
+    """A key result's value as notebooks and the ``tlcourse run`` summary print it (floats: 3 decimals)."""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def key_result(name: str, value: float | int | str, unit: str = "") -> float | int | str:
     """Show ``name: value`` and record it as one of the notebook's key results."""
-    shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-    text = f"Key result | {name}: {shown}{(' ' + unit) if unit else ''}"
+    text = f"Key result | {name}: {shown(value)}{(' ' + unit) if unit else ''}"
     display({MIME: {"name": name, "value": value, "unit": unit}, "text/plain": text}, raw=True)
     return value
 

@@ -1,8 +1,6 @@
-"""Looking inside fastai's transfer-learning recipe (lessons 03 and 04): ``vision_learner`` cuts a
-network into a *body* and a new *head* and its parameters into *layer groups*, on which ``freeze_to``,
-``slice`` learning rates and ``fine_tune`` act.  The helpers show the groups (parameters, rates),
-cut a body into more of them, build a VGG-style head and write gradual unfreezing out.
-"""
+"""Inside fastai's transfer-learning recipe (lessons 03 and 04): ``vision_learner`` cuts a network into
+a *body* and a new *head*, its parameters into *layer groups* for ``freeze_to``, ``slice`` learning rates
+and ``fine_tune``.  Here: the groups shown and cut finer, a VGG-style head, gradual unfreezing written out."""
 
 from __future__ import annotations
 
@@ -15,17 +13,13 @@ from torch import nn
 from tlcourse.models import body_groups
 from tlcourse.models.records import History
 
-__all__ = ["expected_lrs", "four_groups", "gradual_schedule", "gradual_unfreeze", "group_lrs",
-           "group_names", "param_summary", "params_by_layer_type", "set_lrs", "split_body", "vgg_head"]
-
 
 # --- layer groups -------------------------------------------------------------------
 
 def split_body(model: nn.Module, n_body_groups: int = 3) -> list[list[nn.Parameter]]:
-    """Parameter groups of a ``vision_learner`` model: the body's stages (``models.body_groups``)
-    shared out evenly into ``n_body_groups`` groups, early layers first, then the head.  fastai cuts
-    a timm model only into ``[body, head]``; more groups let ``freeze_to(-2)``, ``freeze_to(-3)``
-    open the body from the top down and ``slice(lo, hi)`` spread learning rates over them."""
+    """Parameter groups of a ``vision_learner`` model: the body's stages (``models.body_groups``) shared
+    out evenly into ``n_body_groups`` groups, early first, then the head.  fastai cuts a timm model only
+    into ``[body, head]``; more groups let ``freeze_to`` and ``slice(lo, hi)`` act on parts of the body."""
     if not isinstance(model, nn.Sequential) or len(model) < 2:
         raise ValueError("split_body expects a vision_learner model, nn.Sequential(body, head); "
                          f"got {type(model).__name__}.")
@@ -39,8 +33,7 @@ def split_body(model: nn.Module, n_body_groups: int = 3) -> list[list[nn.Paramet
 
 
 def four_groups(model: nn.Module) -> list[list[nn.Parameter]]:
-    """Splitter for ``vision_learner``: early, middle and late body, then the head (a function,
-    not a lambda, so that ``learn.export`` can pickle it)."""
+    """Splitter: early, middle and late body, then the head (a function: ``learn.export`` pickles it)."""
     return split_body(model, n_body_groups=3)
 
 
@@ -52,8 +45,7 @@ def group_names(n_groups: int) -> list[str]:
 
 
 def _layer_name(param_name: str) -> str:
-    """Short name of the layer a parameter belongs to: ``0.model.blocks.3.1.conv.weight``
-    gives ``blocks.3`` (a stage of the body), ``1.4.weight`` gives ``head``."""
+    """Its layer's name: ``0.model.blocks.3.1.conv.weight`` -> ``blocks.3``, ``1.4.weight`` -> ``head``."""
     parts = param_name.split(".")
     if parts[0] != "0":
         return "head"
@@ -95,8 +87,7 @@ def param_summary(learn: Learner) -> pd.DataFrame:
 
 
 def params_by_layer_type(module: nn.Module) -> pd.DataFrame:
-    """Parameters of ``module`` per layer type (Conv2d, BatchNorm2d, Linear ...): how many
-    layers, parameters in all, trainable and frozen ones."""
+    """Per layer type of ``module`` (Conv2d, Linear ...): how many layers, parameters, trainable, frozen."""
     rows = [dict(layer_type=type(sub).__name__, layers=1, **_counts(list(sub.parameters(recurse=False))))
             for sub in module.modules() if next(sub.parameters(recurse=False), None) is not None]
     if not rows:
@@ -111,20 +102,15 @@ def group_lrs(learn: Learner) -> list[float]:
 
 
 def set_lrs(learn: Learner, lr: float | slice) -> list[float]:
-    """Give the optimiser ``lr`` exactly as ``fit_one_cycle(..., lr)`` would, and return
-    the resulting per-group rates (the *peak* rates of a one-cycle schedule)."""
+    """Give the optimiser ``lr`` as ``fit_one_cycle(..., lr)`` would; return the per-group (peak) rates."""
     _opt(learn).set_hyper("lr", lr)
     return group_lrs(learn)
 
 
 def expected_lrs(lr: float | slice, n_groups: int) -> list[float]:
-    """fastai's rule for spreading ``lr`` over ``n_groups`` layer groups, written out.
-
-    * a number: every group gets it;
-    * ``slice(hi)``: the head gets ``hi``, every other group ``hi / 10``;
-    * ``slice(lo, hi)``: rates from ``lo`` (earliest group) to ``hi`` (head), evenly
-      spaced on a log scale (each group's rate is the previous one times a constant).
-    """
+    """fastai's rule for spreading ``lr`` over ``n_groups`` layer groups, written out: a number goes to
+    every group; ``slice(hi)`` gives the head ``hi``, every other group ``hi / 10``; ``slice(lo, hi)``
+    runs from ``lo`` (earliest group) to ``hi`` (head) evenly on a log scale (a constant factor apart)."""
     if n_groups < 1:
         raise ValueError(f"n_groups must be at least 1, got {n_groups}.")
     if not isinstance(lr, slice):
@@ -138,8 +124,6 @@ def expected_lrs(lr: float | slice, n_groups: int) -> list[float]:
     return [float(v) for v in np.geomspace(lr.start, lr.stop, n_groups)]
 
 
-# --- a VGG-style head ---------------------------------------------------------------
-
 def vgg_head(in_shape: tuple[int, int, int], n_out: int, hidden: int = 256, p: float = 0.6) -> nn.Sequential:
     """The classic Keras VGG16 head: flatten the feature map, dense ``hidden`` units with ReLU,
     dropout ``p``, dense output.  No pooling, so its size depends on ``in_shape`` (the image size)."""
@@ -148,12 +132,9 @@ def vgg_head(in_shape: tuple[int, int, int], n_out: int, hidden: int = 256, p: f
                          nn.Dropout(p), nn.Linear(hidden, n_out))
 
 
-# --- gradual unfreezing written out -------------------------------------------------
-
 def gradual_schedule(total_epochs: int, freeze_epochs: int = 1) -> list[tuple[int, int]]:
-    """``(freeze_to argument, epochs)`` for gradual unfreezing of a four-group learner
-    within ``total_epochs``: the head for ``freeze_epochs``, then ``freeze_to(-2)``,
-    ``freeze_to(-3)`` and ``unfreeze`` share the rest (later stages get any extra epoch)."""
+    """``(freeze_to argument, epochs)`` for gradual unfreezing of a four-group learner: the head for
+    ``freeze_epochs``, then ``freeze_to(-2)``, ``(-3)``, ``unfreeze`` share the rest (later: any extra)."""
     rest = total_epochs - freeze_epochs
     if freeze_epochs < 1 or rest < 3:
         raise ValueError(f"Need freeze_epochs >= 1 and at least 3 epochs after it; got "
@@ -164,10 +145,9 @@ def gradual_schedule(total_epochs: int, freeze_epochs: int = 1) -> list[tuple[in
 
 def gradual_unfreeze(learn: Learner, total_epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
                      lr_mult: float = 100, record: list | None = None) -> None:
-    """Unfreeze one layer group at a time, from the head down, with the same rates as
-    ``fine_tune``: ``slice(base_lr)`` for the head alone, then ``slice(base_lr/2/lr_mult,
-    base_lr/2)`` while the groups open up.  The learner needs at least four groups
-    (use ``splitter=four_groups``); each stage's History is appended to ``record``."""
+    """Unfreeze one layer group at a time from the head down, with ``fine_tune``'s rates: ``slice(base_lr)``
+    for the head alone, then ``slice(base_lr/2/lr_mult, base_lr/2)`` while the groups open up.  Needs four
+    or more groups (``splitter=four_groups``); each stage's History is appended to ``record``."""
     if len(learn.opt.param_lists if learn.opt else learn.splitter(learn.model)) < 4:
         raise ValueError("Gradual unfreezing with freeze_to(-2), freeze_to(-3) needs at least four "
                          "layer groups; create the learner with splitter=training.four_groups.")
