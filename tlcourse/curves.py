@@ -1,8 +1,7 @@
 """Figures of lesson 05: learning curves, data-size sweeps, the freeze-depth sweep and the
 measured strategy guide.  Each takes the tables :mod:`tlcourse.experiments` returns, draws
 the mean over seeds as a line and the lowest to highest seed as a band, and returns the
-matplotlib Figure.  Importing this module changes no global state.
-"""
+matplotlib Figure.  Importing this module changes no global state."""
 
 from __future__ import annotations
 
@@ -43,12 +42,9 @@ def _finish_panel(ax, part: pd.DataFrame, title: str, xlabel: str, ylabel: str,
 
 
 def plot_learning_curves(curves: pd.DataFrame, panels: Sequence[tuple[str, int]], title: str = "") -> Figure:
-    """Validation accuracy against epoch, one panel per ``(domain, per_class)``, one line per strategy.
-
-    ``curves`` is ``experiments.curves(results)``.  The x axis is logarithmic: scratch
-    trains for many more epochs than the others, and head-only's epochs are single steps
-    on cached features.
-    """
+    """Validation accuracy against epoch, one panel per ``(domain, per_class)``, one line per strategy,
+    from ``experiments.curves(results)``.  The x axis is logarithmic: scratch trains for many more
+    epochs than the others, and head-only's epochs are single steps on cached features."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     for ax, (domain, n) in zip(axes[0], panels):
         part = curves[(curves.domain == domain) & (curves.per_class == n)]
@@ -81,10 +77,8 @@ def plot_size_sweep(results: pd.DataFrame, domains: Sequence[str], title: str = 
 
 def plot_freeze_depth(results: pd.DataFrame, sizes: dict[str, int], n_groups: int, title: str = "") -> Figure:
     """Test accuracy against ``k``, the body groups kept frozen after the first epoch, per domain.
-
-    ``k = 0`` is the fine-tune run of the same seed; scratch and head-only (cached features)
-    at the same size are drawn as horizontal references.
-    """
+    ``k = 0`` is the fine-tune run of the same seed; scratch and head-only (cached features) at the
+    same size are drawn as horizontal references."""
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.6 * len(sizes), 4.2), squeeze=False)
     for ax, (domain, n) in zip(axes[0], sizes.items()):
         part = results[(results.domain == domain) & (results.per_class == n)]
@@ -94,8 +88,7 @@ def plot_freeze_depth(results: pd.DataFrame, sizes: dict[str, int], n_groups: in
                                        ("scratch", "-.", "scratch")):
             ref = part[part.strategy == strategy]
             if len(ref):
-                ax.axhline(100 * ref["accuracy"].mean(), color=COLOURS[strategy], linestyle=style,
-                           label=label)
+                ax.axhline(100 * ref.accuracy.mean(), color=COLOURS[strategy], linestyle=style, label=label)
         ks = sorted(sweep["frozen"].unique())
         names = {n_groups: "\n(head only)", 0: "\n(fine-tune)"}
         ax.set_xticks(ks, [f"{k}{names.get(k, '')}" for k in ks])

@@ -8,10 +8,9 @@ seed, and reports its accuracy on the data set's fixed test split.  The strategi
 * ``freeze``: the same, but the first ``k`` body groups stay frozen after the first epoch.
 * ``scratch``: a small random CNN (:func:`scratch_cnn`, :data:`SCRATCH`) on small images in memory.
 
-All strategies of one seed train on the *same* images (:func:`train_positions`).
-:func:`run_grid` keeps one JSON file per finished run under ``cache_dir/experiments``
-(keyed by everything the result depends on), so a repeated or interrupted grid trains
-only what is missing.  :func:`lesson_runs` is the grid lesson 05 and its tests use.
+All strategies of one seed train on the *same* images (:func:`train_positions`).  :func:`run_grid`
+keeps one JSON file per finished run under ``cache_dir/experiments``, keyed by all it depends on, so
+a repeated or interrupted grid trains only what is missing.  :func:`lesson_runs` is lesson 05's grid.
 """
 
 from __future__ import annotations
@@ -34,9 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from fastai.data.load import DataLoader
-from fastai.metrics import accuracy
-from fastai.vision.all import Callback, ConvLayer, CrossEntropyLossFlat, DataLoaders, Flatten, Learner
+from fastai.vision.all import (Callback, ConvLayer, CrossEntropyLossFlat, DataLoader, DataLoaders, Flatten,
+                               Learner, accuracy)
 from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
@@ -49,10 +47,7 @@ from tlcourse.settings import Settings, atomic_path
 STRATEGIES = ("scratch", "head-only", "fine-tune", "freeze")
 #: Bump when what a run computes changes; old results are then trained again.
 VERSION = 4
-RESULTS_FOLDER = "experiments"
 
-
-# --- the recipes --------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ScratchRecipe:
@@ -88,8 +83,6 @@ class ProbeRecipe:
 SCRATCH = ScratchRecipe()
 PROBE = ProbeRecipe()
 
-
-# --- runs ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Run:
@@ -170,7 +163,7 @@ def result_path(run: Run, s: Settings) -> Path:
     """Where the result of ``run`` is saved: its fields and a digest of :func:`run_key` in the name."""
     digest = hashlib.sha256(json.dumps(run_key(run, s), sort_keys=True).encode()).hexdigest()[:12]
     name = f"{run.domain}_{run.strategy}_k{run.frozen}_n{run.per_class}_seed{run.seed}_{digest}.json"
-    return s.cache_dir / RESULTS_FOLDER / name
+    return s.cache_dir / "experiments" / name
 
 
 def load_result(run: Run, s: Settings) -> dict | None:
@@ -187,8 +180,6 @@ def load_result(run: Run, s: Settings) -> dict | None:
     return result
 
 
-# --- the same training images for every strategy --------------------------------------
-
 @lru_cache(maxsize=16)
 def _table(domain: str, s: Settings) -> pd.DataFrame:
     return data.items(domain, s)
@@ -203,8 +194,6 @@ def train_positions(domain: str, per_class: int, seed: int, s: Settings) -> np.n
     picked = set(data.subsample(df, per_class, seed).query("split == 'train'")["fname"])
     return np.flatnonzero(train["fname"].isin(picked).to_numpy())
 
-
-# --- cached inputs ----------------------------------------------------------------------
 
 def domain_features(domain: str, s: Settings) -> features.Features:
     """Cached ImageNet features of ``domain`` at the size an ImageNet network sees it."""
@@ -230,9 +219,8 @@ def image_tensors(domain: str, s: Settings) -> dict:
     rows = df[["fname", "label", "split"]].to_csv(index=False)
     digest = hashlib.sha256(f"{rows}{size}{_data_digest()}".encode()).hexdigest()[:16]
     path = s.cache_dir / "tensors" / f"{domain}-{size}px-{digest}.pt"
-    if path.is_file():
-        with suppress(Exception):  # a damaged file is rebuilt
-            return torch.load(path, weights_only=True)
+    with suppress(Exception):  # a missing or damaged file is (re)built
+        return torch.load(path, weights_only=True)
     out, root = {"classes": classes}, Path(df.attrs["path"])
     arrays = data.fashion_arrays() if domain == s.far_dataset else None
     for split in data.SPLITS:
@@ -250,13 +238,10 @@ def image_tensors(domain: str, s: Settings) -> dict:
     return out
 
 
-# --- the scratch network ----------------------------------------------------------------
-
 def scratch_cnn(n_in: int, n_out: int, widths: Sequence[int] = SCRATCH.widths) -> nn.Sequential:
-    """A small CNN: per width a stride-2 3x3 ``ConvLayer`` (convolution, BatchNorm, ReLU) that
-    halves the image, then average pooling, dropout and a linear layer.  About 0.1 million
-    weights by default (EfficientNet-Lite0 has 3.4 million): enough for 28-pixel clothing,
-    few enough to train on a CPU in seconds."""
+    """A small CNN: per width a stride-2 3x3 ``ConvLayer`` (convolution, BatchNorm, ReLU), then pooling,
+    dropout and a linear layer.  About 0.1 million weights by default (EfficientNet-Lite0: 3.4
+    million): enough for 28-pixel clothing, few enough to train on a CPU in seconds."""
     channels = (n_in, *widths)
     convs = [ConvLayer(c_in, c_out, ks=3, stride=2) for c_in, c_out in zip(channels, channels[1:])]
     return nn.Sequential(*convs, nn.AdaptiveAvgPool2d(1), Flatten(), nn.Dropout(0.2),
@@ -332,12 +317,9 @@ def scratch_learner(domain: str, per_class: int, seed: int, s: Settings,
 
 
 def curve_epochs(total: int, points: int = 12) -> list[int]:
-    """About ``points`` epochs from 1 to ``total``, evenly spaced on a log scale (where a
-    long learning curve is measured)."""
+    """About ``points`` epochs from 1 to ``total``, evenly spaced on a log scale (for a long curve)."""
     return sorted({int(round(v)) for v in np.geomspace(1, total, points)})
 
-
-# --- one run of each kind ---------------------------------------------------------------
 
 def _train_scratch(run: Run, s: Settings) -> dict:
     epochs = scratch_epochs(len(train_positions(run.domain, run.per_class, run.seed, s)))
@@ -347,8 +329,7 @@ def _train_scratch(run: Run, s: Settings) -> dict:
         learn.fit_one_cycle(epochs, SCRATCH.lr)
     t, model = image_tensors(run.domain, s), learn.model.eval()
     with torch.no_grad():  # the test split, in batches of 512
-        x = t["test_x"]
-        preds = torch.cat([model(_as_float(x[i:i + 512])).argmax(1) for i in range(0, len(x), 512)])
+        preds = torch.cat([model(_as_float(x)).argmax(1) for x in t["test_x"].split(512)])
     return {"accuracy": float((preds == t["test_y"]).float().mean()), "epochs": epochs, "curve": log.rows,
             "n_classes": len(t["classes"])}
 
@@ -387,12 +368,11 @@ def _train_network(run: Run, s: Settings) -> dict:
             learn.fine_tune(s.sweep_epochs, base_lr=r.base_lr, freeze_epochs=r.freeze_epochs,
                             lr_mult=r.lr_mult)
         else:  # fine_tune written out, with freeze_to(k) in place of unfreeze()
-            n = len(learn.opt.param_groups) if learn.opt else len(models.group_splitter(learn.model))
-            learn.freeze()
+            learn.freeze()  # creates the optimiser: one parameter group per body group, one for the head
             learn.fit_one_cycle(r.freeze_epochs, slice(r.base_lr), pct_start=0.99)
             learn.freeze_to(run.frozen)
-            lo, hi = r.base_lr / 2 / r.lr_mult, r.base_lr / 2
-            learn.fit_one_cycle(s.sweep_epochs, [lo] * (n - 1) + [hi], pct_start=0.3, div=5.0)
+            lrs = [r.base_lr / 2 / r.lr_mult] * (len(learn.opt.param_groups) - 1) + [r.base_lr / 2]
+            learn.fit_one_cycle(s.sweep_epochs, lrs, pct_start=0.3, div=5.0)
     learn.remove_cb(log)
     acc = models.test_accuracy(learn, data.test_rows(run.domain, s))
     return {"accuracy": acc, "epochs": r.freeze_epochs + s.sweep_epochs, "curve": log.rows,
@@ -406,9 +386,8 @@ def train_run(run: Run, s: Settings) -> dict:
     train = {"scratch": _train_scratch, "head-only": _train_head}.get(run.strategy, _train_network)
     with models.seeded(run.seed):
         result = train(run, s)
-    result["seconds"] = time.perf_counter() - start
-    result["n_train"] = int(len(train_positions(run.domain, run.per_class, run.seed, s)))
-    return result
+    return {**result, "seconds": time.perf_counter() - start,
+            "n_train": len(train_positions(run.domain, run.per_class, run.seed, s))}
 
 
 def _train_and_save(run: Run, s: Settings) -> dict:
@@ -431,22 +410,18 @@ def run_grid(runs: Iterable[Run], settings: Settings, progress: bool = True,
              workers: int | None = None) -> pd.DataFrame:
     """Run (or load) every run; one row per run with its test accuracy.
 
-    Finished runs are read from ``cache_dir/experiments``; each new one is saved as soon as it
-    ends, so an interrupted grid loses at most one run.  Every run uses one CPU thread and sets
-    its own seed; ``workers`` processes (default: ``TLCOURSE_WORKERS``, else one per CPU core,
-    at most 2) train side by side, with the same numbers as one would.
+    Finished runs are read from ``cache_dir/experiments``, each new one saved as it ends.  Every
+    run uses one CPU thread and its own seed; ``workers`` processes (default: ``TLCOURSE_WORKERS``,
+    else one per CPU core, at most 2) train side by side, with the same numbers as one would.
     """
-    s = settings
-    runs = list(dict.fromkeys(runs))
-    # one request with a curve also serves the same run without one
-    curved = {replace(r, curve=False) for r in runs if r.curve}
+    s, runs = settings, list(dict.fromkeys(runs))
+    curved = {replace(r, curve=False) for r in runs if r.curve}  # a run with a curve serves one without
     runs = [r for r in runs if r.curve or r not in curved]
     results = {run: load_result(run, s) for run in runs}
     missing = [run for run, result in results.items() if result is None]
-    loaded = len(runs) - len(missing)
-    workers = workers or max(1, int(os.environ.get("TLCOURSE_WORKERS", min(2, os.cpu_count() or 1))))
-    workers = min(workers, max(len(missing), 1))
-    threads = torch.get_num_threads()
+    loaded, threads = len(runs) - len(missing), torch.get_num_threads()
+    workers = min(workers or int(os.environ.get("TLCOURSE_WORKERS", min(2, os.cpu_count() or 1))),
+                  len(missing))
     bar = tqdm(total=len(runs), initial=loaded, desc="runs", unit="run", disable=not progress)
     try:
         torch.set_num_threads(1)
@@ -475,8 +450,6 @@ def run_grid(runs: Iterable[Run], settings: Settings, progress: bool = True,
     return df
 
 
-# --- the lesson's grid -------------------------------------------------------------------
-
 #: Sizes at which the network strategies run in quick mode (fine_tune costs seconds an image on a CPU).
 QUICK_NETWORK_SIZES = {"near": (5, 20), "few_shot": (), "far": (5,)}
 #: Sizes at which scratch runs in quick mode (photos: it stays near chance at every size).
@@ -485,7 +458,7 @@ QUICK_SCRATCH_SIZES = {"near": (5, 20, 60), "few_shot": (5,), "far": (5, 20, 100
 
 def network_sizes(kind: str, s: Settings, strategy: str = "fine-tune") -> tuple[int, ...]:
     """Sizes at which ``strategy`` (fine-tune or scratch) runs: all in full mode, some in quick mode."""
-    every = {"near": s.near_sizes, "few_shot": s.few_shot_sizes, "far": s.far_sizes}[kind]
+    every = getattr(s, f"{kind}_sizes")
     if s.mode == "full":
         return tuple(every)
     quick = QUICK_SCRATCH_SIZES if strategy == "scratch" else QUICK_NETWORK_SIZES
@@ -505,19 +478,18 @@ def freeze_plan(s: Settings) -> dict:
     """The freeze-depth sweep: one size per domain, the depths ``k`` (0 is fine-tune)."""
     n = models.n_body_groups(s.arch)
     quick = s.mode == "quick" or s.scale == "smoke"
-    depths = (0, n // 2, n) if quick else tuple(range(0, n + 1, 2 if n > 6 else 1)) + ((n,) if n % 2 else ())
+    depths = {0, n // 2, n} if quick else {*range(0, n + 1, 2 if n > 6 else 1), n}
     return {"sizes": {s.dataset: network_sizes("near", s)[0], s.far_dataset: network_sizes("far", s)[0]},
-            "depths": tuple(sorted(set(depths)))}
+            "depths": tuple(sorted(depths))}
 
 
 def lesson_runs(s: Settings, seeds: Sequence[int] | None = None) -> list[Run]:
     """Every run lesson 05 shows (the notebook, the tests and the benchmark use this one list)."""
     seeds = tuple(seeds if seeds is not None else s.seeds)
-    near, few, far, runs = s.dataset, s.few_shot_dataset, s.far_dataset, []
-    for domain, kind, sizes in ((near, "near", s.near_sizes), (few, "few_shot", s.few_shot_sizes),
-                                (far, "far", s.far_sizes)):
+    runs = []
+    for kind, domain in (("near", s.dataset), ("few_shot", s.few_shot_dataset), ("far", s.far_dataset)):
         curves = curve_sizes(kind, s) if kind != "few_shot" else ()
-        for n in sizes:
+        for n in getattr(s, f"{kind}_sizes"):
             trained = [st for st in ("scratch", "fine-tune") if n in network_sizes(kind, s, st)]
             runs += grid([domain], ["head-only", *trained], [n], seeds, curve=n in curves)
     plan = freeze_plan(s)
@@ -530,8 +502,6 @@ def lesson_grid(s: Settings, seeds: Sequence[int] | None = None, progress: bool 
     """:func:`run_grid` over :func:`lesson_runs`."""
     return run_grid(lesson_runs(s, seeds), s, progress)
 
-
-# --- summaries ---------------------------------------------------------------------------
 
 def summary(df: pd.DataFrame, by: Sequence[str] = ("domain", "strategy", "per_class")) -> pd.DataFrame:
     """Test accuracy per group over seeds: mean, std, lowest, highest, number of seeds."""
@@ -568,10 +538,9 @@ def compare(df: pd.DataFrame, domain: str, per_class: int, a: str, b: str, s: Se
 def winner(df: pd.DataFrame, domain: str, per_class: int, s: Settings) -> dict:
     """The best strategy at one size, the strategies tied with it, and its lead over the rest.
 
-    ``tied``: the strategies whose gap to the best is not decided (:func:`compare`);
-    ``runner_up``: the best strategy outside that group, ``margin`` the best's lead over it
-    (mean, lowest and highest seed) and ``decided`` whether that lead is decided.  When all
-    tie, ``margin`` is the gap to the second best, with no runner-up and nothing decided.
+    ``tied``: the strategies whose gap to the best is not decided (:func:`compare`); ``runner_up``:
+    the best one outside that group, ``margin`` the lead over it (mean, lowest and highest seed),
+    ``decided`` whether that is decided.  When all tie, ``margin`` is the gap to the second best.
     """
     part = summary(df[(df.domain == domain) & (df.per_class == per_class) & (df.frozen == 0)])
     ranked = list(part.sort_values("mean", ascending=False).strategy)
@@ -603,11 +572,10 @@ ADVICE = {("little", "near"): ("head-only", "keep the pretrained layers, retrain
 def strategy_guide(df: pd.DataFrame, s: Settings) -> pd.DataFrame:
     """The 2x2 guide (little/much data x near/far domain) as measured: one row per cell.
 
-    *Little* is the smallest size of each sweep at which scratch ran next to a pretrained
-    strategy, *much* the largest (:func:`compared_sizes`; the strategies that ran there
-    compete: in quick mode fine-tune is not among them on the far domain's largest size).
-    ``verdict``: ``agrees`` when the advised strategy is the decided winner, ``disagrees``
-    when another strategy beats it decidedly, ``tie`` otherwise.
+    *Little* and *much* are the smallest and largest sizes where scratch ran next to a pretrained
+    strategy (:func:`compared_sizes`); the strategies that ran there compete.  ``verdict``:
+    ``agrees`` (the advice is the decided winner), ``disagrees`` (beaten decidedly), ``tie`` or
+    ``not run``.
     """
     rows = []
     for similarity, domain in (("near", s.dataset), ("far", s.far_dataset)):
@@ -628,10 +596,9 @@ def strategy_guide(df: pd.DataFrame, s: Settings) -> pd.DataFrame:
 def grid_cost(results: pd.DataFrame, s: Settings) -> pd.DataFrame:
     """Estimated CPU time of the *full-mode* grid, from the seconds the quick runs took here.
 
-    Per kind (scratch, or the network strategies fine-tune and freeze) the measured seconds
-    per training image and epoch times each full-mode run's training images and epochs, and
-    for the network the ratio of pixels (full-mode images are larger).  Head-only runs on
-    cached features cost next to nothing.
+    Per kind (scratch, or fine-tune and freeze) the measured seconds per training image and epoch
+    times each full-mode run's images and epochs (and, for the network, the ratio of pixels).
+    Head-only runs on cached features cost next to nothing.
     """
     full = replace(s, mode="full", dataset="pets", image_size=224, far_image_size=128, sweep_epochs=8,
                    far_sizes=tuple(sorted(set(s.far_sizes) | {600})))
@@ -646,8 +613,8 @@ def grid_cost(results: pd.DataFrame, s: Settings) -> pd.DataFrame:
             seconds = n_train * scratch_epochs(n_train) * per.get("scratch", np.nan)
         else:
             here = network_size(run.domain if run.domain != "pets" else s.dataset, s)
-            ratio = (network_size(run.domain, full) / here) ** 2
             epochs = models.RECIPE.freeze_epochs + full.sweep_epochs
+            ratio = (network_size(run.domain, full) / here) ** 2
             seconds = n_train * epochs * per.get("network", np.nan) * ratio
         rows.append({"strategy": run.strategy, "domain": run.domain, "estimated_s": seconds})
     out = pd.DataFrame(rows).groupby(["domain", "strategy"]).agg(runs=("estimated_s", "size"),

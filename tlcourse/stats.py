@@ -26,11 +26,8 @@ def decided(diff: pd.Series, noise: float) -> int:
 
 def over_seeds(settings: Mapping[str, Callable[[int], float]], seeds: Sequence[int],
                progress: bool = True) -> dict[str, pd.Series]:
-    """Run every ``settings[name](seed)`` for every seed: name -> its results indexed by seed.
-
-    The lessons compare two ways of training with three seeds each; this runs them
-    with one progress bar and keeps every single result, not only the mean.
-    """
+    """Run every ``settings[name](seed)`` for every seed: name -> its results indexed by seed, with
+    one progress bar, keeping every single result (not only the mean) for the lessons' comparisons."""
     out: dict[str, dict[int, float]] = {name: {} for name in settings}
     for name, seed in tqdm([(n, s) for n in settings for s in seeds], desc="runs", disable=not progress):
         out[name][seed] = float(settings[name](seed))
@@ -47,12 +44,9 @@ def spread_table(results: Mapping[str, pd.Series]) -> pd.DataFrame:
 
 
 def verdict(a: pd.Series, b: pd.Series) -> str:
-    """``"ahead"``, ``"behind"`` or ``"tie"``: is ``a`` clearly above ``b``, seed for seed?
-
-    Clearly means: better on every seed, by more on average than the larger of the
-    two settings' own spreads over seeds.  Anything less is called a tie, because
-    three seeds cannot tell it from noise.
-    """
+    """``"ahead"``, ``"behind"`` or ``"tie"``: is ``a`` clearly above ``b``, seed for seed?  Clearly:
+    better on every seed, by more on average than the larger of the two settings' spreads over
+    seeds.  Anything less is a tie, because three seeds cannot tell it from noise."""
     noise = max(a.std(ddof=1), b.std(ddof=1)) if min(len(a), len(b)) > 1 else float("inf")
     return {1: "ahead", -1: "behind", 0: "tie"}[decided(a - b, noise)]
 
