@@ -48,10 +48,9 @@ SPLIT_FOLDERS = {"train": False, "valid": True, "val": True, "validation": True,
 #: What each colour mode is, in words, for the report.
 MODE_NAMES = {
     "1": "1-bit black and white", "L": "grayscale", "LA": "grayscale with transparency",
-    "P": "palette of indexed colours", "PA": "palette with transparency",
-    "RGBA": "colour with transparency", "RGBa": "colour with transparency",
-    "CMYK": "print colour space", "YCbCr": "video colour space", "LAB": "Lab colour space",
-    "HSV": "hue, saturation, value", "I": "32-bit integer", "F": "32-bit float",
+    "P": "palette of indexed colours", "PA": "palette with transparency", "RGBA": "colour with transparency",
+    "RGBa": "colour with transparency", "CMYK": "print colour space", "YCbCr": "video colour space",
+    "LAB": "Lab colour space", "HSV": "hue, saturation, value", "I": "32-bit integer", "F": "32-bit float",
     **dict.fromkeys(("I;16", "I;16L", "I;16B", "I;16N"), "16-bit grayscale"),
 }
 #: Formats Pillow reads only with a plugin: ISO-BMFF brands, and what to do.
@@ -94,14 +93,12 @@ KINDS: dict[str, Kind] = {key: Kind(title, action, severity) for severity, kinds
         "duplicate_within": ("same file twice in one class", "extra copies left out"),
         "missing": ("listed in the CSV but not found", "left out of training"),
         "no_label": ("listed in the CSV without a label", "left out of training"),
-        "valid_only": ("class with validation images only",
-                       "left out: the model never sees it in training")},
+        "valid_only": ("class with validation images only", "left out: the model never sees it in training")},
     WARNING: {
         "no_valid": ("no validation images", "training works, but accuracy cannot be measured"),
         "random_valid": ("no validation split given",
                          "part of each class set aside at random for validation"),
-        "imbalance": ("unbalanced classes",
-                      "used; compare accuracy with always guessing the largest class"),
+        "imbalance": ("unbalanced classes", "used; compare accuracy with always guessing the largest class"),
         "wrong_extension": ("wrong file extension", "used: Pillow reads the content, whatever the name says"),
         "mode": ("unusual colour mode", "converted to RGB in memory when loaded; the file is not changed"),
         "small": ("very small image", "used, but enlarged: it will look blurry"),
@@ -197,8 +194,7 @@ class Audit:
         """The report as plain text: one block per kind of problem, up to ``max_listed`` files each."""
         return self._render(self.max_listed if max_listed is None else max_listed, as_html=False)
 
-    def __str__(self) -> str:
-        return self.summary()
+    __str__ = summary
 
     def _repr_html_(self) -> str:
         return self._render(self.max_listed, as_html=True)
@@ -221,8 +217,7 @@ class Audit:
         if self.classes:
             line = "Usable images per class: " + ", ".join(
                 f"{esc(k)}{m(' ', '&nbsp;')}{v}" for k, v in self.classes.items())
-            wrapped = textwrap.wrap(line, width=100, subsequent_indent="  ")
-            out.append(m("\n" + "\n".join(wrapped), f"<br>{line}"))
+            out.append(m("\n" + textwrap.fill(line, width=100, subsequent_indent="  "), f"<br>{line}"))
         if not self.issues:
             out.append(m("\nNo problems found.", "</p><p>No problems found."))
         out.append(m("", "</p>"))
@@ -235,13 +230,12 @@ class Audit:
             for kind, found in kinds:
                 title = m(f"\n  {kind.title}", f"<li><b>{esc(kind.title)}</b>")
                 out.append(f"{title} ({len(found)}): {esc(kind.action)}" + m("", "<ul>"))
-                out += [m(f"\n    {i.path}: {i.detail}" if i.path else f"\n    {i.detail}",
-                          f"<li><code>{esc(i.path)}</code> {esc(i.detail)}</li>" if i.path
-                          else f"<li>{esc(i.detail)}</li>") for i in found[:limit]]
+                rows = [(m(f"{i.path}: ", f"<code>{esc(i.path)}</code> ") if i.path else "") + esc(i.detail)
+                        for i in found[:limit]]
                 if len(found) > limit:
                     see = m(".issues_df()", "<code>.issues_df()</code>")
-                    more = f"... and {len(found) - limit} more (see {see})"
-                    out.append(m(f"\n    {more}", f"<li>{more}</li>"))
+                    rows.append(f"... and {len(found) - limit} more (see {see})")
+                out += [m(f"\n    {row}", f"<li>{row}</li>") for row in rows]
                 out.append(m("", "</ul></li>"))
             out.append(m("", "</ul>") if kinds else "")
         return "".join(out) + m("", "</div>")
@@ -259,8 +253,7 @@ class Audit:
 
     def raise_if_unusable(self) -> None:
         """Raise :class:`FolderError` with the reason when there is nothing to train on."""
-        fatal = [i for i in self.issues if i.severity == FATAL]
-        if fatal:
+        if fatal := [i for i in self.issues if i.severity == FATAL]:
             raise FolderError(fatal[0].detail, result=self)
 
     def dataloaders(self, settings: Settings, size: int | None = None, bs: int | None = None,
@@ -285,8 +278,6 @@ class Audit:
         return datablock(self.root, size or settings.image_size, augment).dataloaders(
             self.items, path=out, bs=batch_size(n_train, settings, bs), **kwargs)
 
-
-# --- looking at one file ------------------------------------------------------------------
 
 @dataclass
 class _Look:
@@ -313,16 +304,14 @@ def _look(path: Path) -> _Look:
         with strict_decoding(), Image.open(io.BytesIO(data)) as im:
             look.format, look.mode, look.size = im.format, im.mode, im.size
             im.load()  # decoding everything is what finds truncated files
-            bad = not_finite(np.asarray(im)) if im.mode == "F" or im.mode.startswith("F;") else 0
-        if bad:
-            look.problem = ("bad_pixels", f"{bad} of {look.size[0] * look.size[1]} pixels are NaN or "
-                            "infinite: loaded, the image would be black. Fix those pixels in the "
-                            "program that made it, or export it again")
+            if im.mode.startswith("F") and (bad := not_finite(np.asarray(im))):  # only floats can be NaN
+                look.problem = ("bad_pixels", f"{bad} of {im.width * im.height} pixels are NaN or infinite: "
+                                "loaded, the image would be black. Fix those pixels in the program that "
+                                "made it, or export it again")
     except Image.DecompressionBombError:
         error = "too large to open safely" + (" ({}x{} pixels)".format(*look.size) if look.size else "")
     except Image.UnidentifiedImageError:
-        plugin = _plugin_format(data)
-        if plugin:
+        if plugin := _plugin_format(data):
             look.problem = ("needs_plugin", NEEDS_PLUGIN[plugin])
         else:
             text = data[:512].decode("utf-8", "ignore").encode() == data[:512]  # valid UTF-8
@@ -370,8 +359,6 @@ def _odd_name(rel: str) -> str | None:
 def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name.lower() in SYSTEM_FILES
 
-
-# --- gathering candidates ---------------------------------------------------------------------
 
 @dataclass
 class _Candidate:
@@ -430,8 +417,7 @@ def _read_class(folder: Path, root: Path, is_valid: bool | None, issues: list[Is
 def _subfolders(folder: Path) -> list[Path]:
     """The visible subfolders of ``folder``, sorted (none when it cannot be listed)."""
     try:
-        return sorted((p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name)),
-                      key=lambda p: p.name)
+        return _entries(folder, folder, [])
     except OSError:
         return []
 
@@ -464,6 +450,7 @@ def _from_folder(root: Path, issues: list[Issue]) -> list[_Candidate]:
     split_of = {d: SPLIT_FOLDERS.get(d.name.lower(), "class") for d in dirs}
     labelled = [d for d in dirs if split_of[d] in (False, True) and _subfolders(d)]
     split_layout = any(split_of[d] is False for d in labelled)  # a train/ with class folders
+    valid_too = any(split_of[d] is True for d in labelled)  # else the check sets part of train/ aside
     candidates: list[_Candidate] = []
     for d in dirs:
         split = split_of[d]
@@ -485,10 +472,7 @@ def _from_folder(root: Path, issues: list[Issue]) -> list[_Candidate]:
             candidates += _read_class(d, root, None, issues)
         else:
             for folder in _entries(d, root, issues):
-                candidates += _read_class(folder, root, split, issues)
-    if split_layout and not any(split_of[d] is True for d in labelled):
-        for cand in candidates:
-            cand.is_valid = None  # no valid/ folder: the check sets part of train/ aside
+                candidates += _read_class(folder, root, split if valid_too else None, issues)
     return candidates
 
 
@@ -499,13 +483,11 @@ def _pick_column(df: pd.DataFrame, given: str | None, names: tuple[str, ...], po
             raise FolderError(f"The CSV has no column {given!r}; its columns are {list(df.columns)}.")
         return given
     lower = {str(c).lower(): c for c in df.columns}
-    for name in names:
-        if name in lower:
-            return lower[name]
-    if len(df.columns) < 2:
+    named = next((lower[name] for name in names if name in lower), None)
+    if named is None and len(df.columns) < 2:
         raise FolderError("The CSV needs two columns, file names and labels; this one has "
                           f"{list(df.columns)}. Name them 'fname' and 'label'.")
-    return df.columns[position]
+    return df.columns[position] if named is None else named
 
 
 def _csv_name(rel: str, root: Path) -> str:
@@ -540,22 +522,17 @@ def _from_csv(csv: Path, root: Path, issues: list[Issue], fname_col: str | None,
             continue
         if not label:
             issues.append(Issue("no_label", rel, "the label cell is empty"))
-            continue
-        if _is_hidden(Path(rel).name):
+        elif _is_hidden(Path(rel).name):
             issues.append(Issue("hidden", rel, "hidden or system file"))
-            continue
-        rel = _csv_name(rel, root)
-        if not (root / rel).is_file():  # the same join as training's ImagePath
+        elif not (root / (rel := _csv_name(rel, root))).is_file():  # the same join as training's ImagePath
             where = "" if Path(rel).is_absolute() else f" under {root}"
             issues.append(Issue("missing", rel, f"no such file{where}"))
-            continue
-        is_valid = None if vcol is None else str(row[vcol]).strip().lower() in (
-            "1", "true", "yes", "valid", "validation", "val")
-        candidates.append(_Candidate(rel, label, is_valid))
+        else:
+            is_valid = None if vcol is None else str(row[vcol]).strip().lower() in (
+                "1", "true", "yes", "valid", "validation", "val")
+            candidates.append(_Candidate(rel, label, is_valid))
     return candidates
 
-
-# --- the check itself ---------------------------------------------------------------------------
 
 def audit(source: str | Path, root: str | Path | None = None, *, min_side: int = 32,
           max_side: int = 6000, min_per_class: int = 10, valid_pct: float = 0.2, seed: int = 0,
@@ -623,12 +600,12 @@ def audit(source: str | Path, root: str | Path | None = None, *, min_side: int =
     items = pd.DataFrame({"fname": [c.rel for c, _ in usable], "label": [c.label for c, _ in usable],
                           "is_valid": [c.is_valid for c, _ in usable]}, dtype=object)
     items = _finish_split(items, issues, valid_pct, seed)
-    for label, n in items.label.value_counts().sort_index().items():
+    counts = items.label.value_counts()
+    for label, n in counts.sort_index().items():
         if n < min_per_class:
             issues.append(Issue("few_images", f"{label}/" if source.is_dir() else "",
                                 f"class {label} has {n} usable image{'s' * (n != 1)} "
                                 f"(fewer than {min_per_class})"))
-    counts = items.label.value_counts()
     if len(counts) >= 2 and counts.min() * max_ratio <= counts.max():  # unbalanced: say the baseline
         big, small = counts.idxmax(), counts.idxmin()
         issues.append(Issue("imbalance", "", f"{big} has {counts.max()} images, {small} only "
@@ -637,8 +614,7 @@ def audit(source: str | Path, root: str | Path | None = None, *, min_side: int =
                             f"(result.baseline()), not against {1 / len(counts):.0%}; more images of "
                             "the small classes help most"))
     n_files = len(candidates) + sum(1 for i in issues if i.kind in ("hidden", "outside_class"))
-    result = Audit(source=source, root=base, items=items, issues=issues, n_files=n_files,
-                   max_listed=max_listed)
+    result = Audit(source, base, items, issues, n_files, max_listed)
     _add_fatal(result)
     if raise_on_error:
         result.raise_if_unusable()
@@ -682,9 +658,20 @@ def _finish_split(items: pd.DataFrame, issues: list[Issue], valid_pct: float, se
 def _add_fatal(result: Audit) -> None:
     """Add the one issue that makes training impossible, with what to do about it."""
     where, classes = result.source, result.classes
-    if len(classes) >= 2:
-        return
-    if not classes:
+    if len(classes) == 1:
+        label, n = next(iter(classes.items()))
+        inner = [d for d in _subfolders(where / label) if _has_images(d)] if where.is_dir() else []
+        if len(inner) >= 2:
+            names = ", ".join(d.name + "/" for d in inner[:4])
+            detail = (f"Only one class folder ({label}) in {where}, and its images sit in subfolders "
+                      f"({names}): the folder was probably given one level too high. Point the check "
+                      f"at {where / label} instead: folders.audit({str(where / label)!r}).")
+        else:
+            detail = (f"Only one class ({label}, {n} images) has usable images in {where}; a classifier "
+                      "needs at least two. Add a subfolder of images for each other class "
+                      f"(for example {where}/not_{label}/).")
+        result.issues.insert(0, Issue("single_class", "", detail))
+    elif not classes:
         loose = [i for i in result.issues if i.kind == "outside_class"
                  and Path(i.path).suffix.lower() in IMAGE_EXTENSIONS]
         splits = [i.path for i in result.issues if i.kind == "not_a_class"
@@ -701,32 +688,15 @@ def _add_fatal(result: Audit) -> None:
             bad = result.left_out
             shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
             why = f" ({len(bad)} files could not be used: {shown}; see the report)" if bad else ""
-            detail = (f"No usable images found in {where}{why}. Put images in one subfolder per "
-                      "class (photos/cats/*.jpg, photos/dogs/*.jpg) or give a CSV of file names and "
-                      "labels.")
+            detail = (f"No usable images found in {where}{why}. Put images in one subfolder per class "
+                      "(photos/cats/*.jpg, photos/dogs/*.jpg) or give a CSV of file names and labels.")
         result.issues.insert(0, Issue("no_images", "", detail))
-        return
-    label, n = next(iter(classes.items()))
-    inner = [d for d in _subfolders(where / label) if _has_images(d)] if where.is_dir() else []
-    if len(inner) >= 2:
-        names = ", ".join(d.name + "/" for d in inner[:4])
-        detail = (f"Only one class folder ({label}) in {where}, and its images sit in subfolders "
-                  f"({names}): the folder was probably given one level too high. Point the check "
-                  f"at {where / label} instead: folders.audit({str(where / label)!r}).")
-    else:
-        detail = (f"Only one class ({label}, {n} images) has usable images in {where}; a classifier "
-                  "needs at least two. Add a subfolder of images for each other class "
-                  f"(for example {where}/not_{label}/).")
-    result.issues.insert(0, Issue("single_class", "", detail))
 
-
-# --- helpers for the lesson and its tests ------------------------------------------------------
 
 def fingerprint(folder: str | Path, times: bool = True) -> str:
     """One SHA-256 over every name, byte and (with ``times``) modification time under ``folder``,
     hidden files included: equal before and after a step means the step changed nothing."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
+    folder, digest = Path(folder), hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         here = Path(dirpath)
@@ -743,8 +713,6 @@ def fingerprint(folder: str | Path, times: bool = True) -> str:
                 digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
-
-# --- exporting a model trained on checked images -----------------------------------------------
 
 #: What the loading side of an exported model needs, said where loading fails without it.
 LOADING_NEEDS = ("This model was exported with the tlcourse course: it prepares images with tlcourse's "
@@ -798,8 +766,6 @@ def export(learn, fname: str | Path = "export.pkl") -> Path:
     return path
 
 
-# --- a demo folder for the lesson ---------------------------------------------------------------
-
 def make_demo_folder(root: str | Path, per_class: int = 24, seed: int = 0) -> Path:
     """A folder of the course's pet photos (``cat/``: ``per_class``, ``dog/`` a third as many),
     salted with every kind of bad file and folder the audit reports, for lesson 06; rebuilt
@@ -812,18 +778,16 @@ def make_demo_folder(root: str | Path, per_class: int = 24, seed: int = 0) -> Pa
     dogs = [p for p in photos if p.name[0].islower()]
     cats, dogs = ([ps[i] for i in rng.permutation(len(ps))] for ps in (cats, dogs))
     n_dogs = max(per_class // 3, 2)
+    for name in ("cat", "dog", "hamster", "test", "models"):  # hamster/ is an empty class folder
+        (root / name).mkdir(parents=True)
     for label, chosen in (("cat", cats[:per_class]), ("dog", dogs[:n_dogs])):
-        (root / label).mkdir(parents=True)
         for src in chosen:
             shutil.copyfile(src, root / label / src.name)
     cats, dogs = cats[per_class:], dogs[n_dogs:]  # the spare photos
 
-    (root / "hamster").mkdir()  # an empty class folder
-    (root / "test").mkdir()  # unlabelled photos kept aside: not a class
-    for src in (cats[0], dogs[0]):
+    for src in (cats[0], dogs[0]):  # unlabelled photos kept aside: not a class
         shutil.copyfile(src, root / "test" / f"unknown_{src.name}")
-    (root / "models").mkdir()  # what learn.save() leaves in a data folder: not a class
-    (root / "models" / "stage1.pth").write_bytes(b"PK\x03\x04" + bytes(60))
+    (root / "models" / "stage1.pth").write_bytes(b"PK\x03\x04" + bytes(60))  # learn.save()'s: not a class
 
     whole = cats[1].read_bytes()
     (root / "cat" / "cut_off.jpg").write_bytes(whole[: len(whole) // 2])

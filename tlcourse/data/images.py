@@ -1,9 +1,8 @@
 """The course's one image loader: any input becomes an upright RGB Pillow image, in memory.
 
-The audit (lesson 06), training, feature extraction, scratch tensors and ``learn.predict`` all
-open images through :func:`load_image`, so an image is prepared the same way whatever its form
-(a path, bytes from an upload widget, a numpy array or tensor, a Pillow or fastai image).
-Files are only ever read.
+The audit (lesson 06), training, feature extraction, scratch tensors and ``learn.predict`` all open
+images through :func:`load_image`, so an image is prepared the same way whatever its form (a path,
+bytes from an upload widget, a numpy array or tensor, a Pillow or fastai image). Files are only read.
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ from fastai.vision.all import PILImage
 from PIL import Image, ImageFile, ImageOps
 
 _STRICT_LOCK = threading.Lock()
-_STRICT_USERS = 0
-_USER_SETTING = False
+_STRICT = {"users": 0, "user_setting": False}  # how many decode strictly now; what the user had set
 
 
 @contextlib.contextmanager
@@ -29,24 +27,23 @@ def strict_decoding():
     """Decode with Pillow's truncation check on, whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` (the
     forum "fix" that silently fills a broken photo with grey) says; re-entrant, shared by threads,
     and the user's own setting is restored afterwards."""
-    global _STRICT_USERS, _USER_SETTING
     with _STRICT_LOCK:
-        if _STRICT_USERS == 0:
-            _USER_SETTING = ImageFile.LOAD_TRUNCATED_IMAGES
+        if _STRICT["users"] == 0:
+            _STRICT["user_setting"] = ImageFile.LOAD_TRUNCATED_IMAGES
             ImageFile.LOAD_TRUNCATED_IMAGES = False
-        _STRICT_USERS += 1
+        _STRICT["users"] += 1
     try:
         yield
     finally:
         with _STRICT_LOCK:
-            _STRICT_USERS -= 1
-            if _STRICT_USERS == 0:
-                ImageFile.LOAD_TRUNCATED_IMAGES = _USER_SETTING
+            _STRICT["users"] -= 1
+            if _STRICT["users"] == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _STRICT["user_setting"]
 
 
 def truncation_hint() -> str:
     """For a truncated-file message: that the user's ``LOAD_TRUNCATED_IMAGES`` would hide it."""
-    user = _USER_SETTING if _STRICT_USERS else ImageFile.LOAD_TRUNCATED_IMAGES
+    user = _STRICT["user_setting"] if _STRICT["users"] else ImageFile.LOAD_TRUNCATED_IMAGES
     return (" (ImageFile.LOAD_TRUNCATED_IMAGES = True, set in this session, would hide it and fill "
             "the rest with grey)") if user else ""
 
@@ -75,8 +72,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return im.copy()
     if im.mode in ("I", "F") or im.mode.startswith(("I;16", "F;")):
         arr = np.asarray(im)
-        bad = not_finite(arr)
-        if bad:
+        if bad := not_finite(arr):
             raise ImageError(f"{bad} of {arr.size} pixels are not numbers (NaN or infinite); the "
                              "image would come out black. Fix those pixels in the program that made "
                              "it (or save it again as an 8-bit PNG).")
@@ -100,37 +96,30 @@ def _from_array(arr: np.ndarray) -> Image.Image:
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
         raise ImageError(f"a numpy array of shape {arr.shape} is not an image: give height x width "
                          "(grey) or height x width x 3 (RGB) or x 4 (RGBA).")
-    bad = not_finite(arr)
-    if bad:
+    if bad := not_finite(arr):
         raise ImageError(f"{bad} of {arr.size} values in the array are not numbers (NaN or "
                          "infinite); the image would come out black. Replace them first, for "
                          "example with np.nan_to_num(arr).")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype != np.uint8:
-        alpha = None
-        if arr.ndim == 3 and arr.shape[-1] == 4:
-            arr, alpha = arr[..., :3], arr[..., 3]
-        if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0 and arr.max() <= 1:
-            colour = (arr * 255).round().astype(np.uint8)
-        else:
-            colour = _stretch(arr)
+        alpha = arr[..., 3].astype(np.float64) if arr.ndim == 3 and arr.shape[-1] == 4 else None
+        colour = arr if alpha is None else arr[..., :3]
+        unit = np.issubdtype(colour.dtype, np.floating) and colour.min() >= 0 and colour.max() <= 1
+        arr = (colour * 255).round().astype(np.uint8) if unit else _stretch(colour)
         if alpha is not None:
-            a = alpha.astype(np.float64)
-            a = a if a.max() <= 1 else a / (65535 if a.max() > 255 else 255)
-            colour = np.dstack([colour, (a * 255).round().clip(0, 255).astype(np.uint8)])
-        arr = colour
+            alpha = alpha if alpha.max() <= 1 else alpha / (65535 if alpha.max() > 255 else 255)
+            arr = np.dstack([arr, (alpha * 255).round().clip(0, 255).astype(np.uint8)])
     return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
 
 
 def load_image(source) -> Image.Image:
     """The course's one image loader: ``source`` as an upright RGB Pillow image, in memory.
 
-    ``source``: a file path, the file's bytes (an upload widget's), an open binary file, a numpy
-    array or tensor, or a Pillow image (fastai's ``PILImage`` too).  The EXIF orientation is
-    applied, modes become RGB as in :func:`to_rgb`, and a truncated file or NaN pixels raise
-    :class:`ImageError` (or ``OSError``) with the reason, even with ``LOAD_TRUNCATED_IMAGES``
-    set.  Files are only read.
+    ``source``: a file path, the file's bytes (an upload widget's), an open binary file, a numpy array
+    or tensor, or a Pillow image (fastai's ``PILImage`` too).  The EXIF orientation is applied, modes
+    become RGB as in :func:`to_rgb`, and a truncated file or NaN pixels raise :class:`ImageError` (or
+    ``OSError``) with the reason, even with ``LOAD_TRUNCATED_IMAGES`` set.  Files are only read.
     """
     if isinstance(source, Image.Image):
         return _prepare(source)
@@ -170,8 +159,7 @@ def _prepare(im: Image.Image) -> Image.Image:
             raise ImageError("the image is truncated: the file stops before the image ends"
                              f"{truncation_hint()}. Use a complete copy of the file.") from None
         raise
-    upright = ImageOps.exif_transpose(im)
-    return to_rgb(upright if upright is not None else im)
+    return to_rgb(ImageOps.exif_transpose(im))
 
 
 class RGBImage(PILImage):
