@@ -29,7 +29,7 @@ from PIL import Image
 
 from tlcourse.data import batch_size, datablock, pets_dir
 from tlcourse.data.images import load_image, not_finite, strict_decoding, truncation_hint
-from tlcourse.settings import Settings
+from tlcourse.settings import QuietError, Settings
 
 
 #: Extensions of image files and the Pillow formats their content may have.
@@ -118,7 +118,7 @@ SECTIONS = ((FATAL, "✗✗ Cannot train", "#b00020"), (LEFT_OUT, "✗ Left out 
             (WARNING, "! Used, but worth a look", "#9a6700"), (IGNORED, "- Ignored", "#57606a"))
 
 
-class FolderError(ValueError):
+class FolderError(QuietError, ValueError):
     """A folder (or CSV) that cannot be trained on; the message says why and what to do.
     ``result`` holds the full :class:`Audit` when the check got that far."""
 
@@ -127,12 +127,8 @@ class FolderError(ValueError):
         self.result = result
 
     def _render_traceback_(self) -> list[str]:
-        # IPython calls this instead of printing a traceback: the learner sees the message
-        # and, when the check got that far, the whole report it refers to.
-        lines = [f"{type(self).__name__}: {self}"]
-        if self.result is not None:
-            lines += ["", "The full report:", *self.result.summary().splitlines()]
-        return lines
+        report = [] if self.result is None else ["", "The full report:", *self.result.summary().splitlines()]
+        return super()._render_traceback_() + report  # the message, then the report it refers to
 
 
 @dataclass(frozen=True)
