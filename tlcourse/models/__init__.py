@@ -72,9 +72,11 @@ def _convert(target: Path) -> None:
 
 
 def _converted_ok(target: Path) -> bool:
-    sidecar = target.with_suffix(".sha256")
+    """Whether ``target`` matches its SHA-256 sidecar (hashed once per process while unchanged)."""
     try:
-        return target.is_file() and sidecar.is_file() and sha256_file(target) == sidecar.read_text().strip()
+        expected = target.with_suffix(".sha256").read_text().strip()
+        return download.checked_once(
+            target, expected, lambda: None if sha256_file(target) == expected else "corrupt") is None
     except OSError:
         return False
 
@@ -87,8 +89,7 @@ def weights_path() -> Path:
     if _converted_ok(target):
         return target
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with download.locked(folder / f".{WEIGHTS_NAME}.lock"):
+        with download.locked(folder / f".{WEIGHTS_NAME}.lock"):  # makes the folder too
             if not _converted_ok(target):  # another process may have converted it meanwhile
                 _convert(target)
     except OSError as err:  # no permission, read-only, a file in the way, disk full
