@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from threadpoolctl import threadpool_limits
+from timm.data import resolve_data_config
 from torch import nn
 from torchvision import transforms as T
 from tqdm.auto import tqdm
@@ -50,10 +52,9 @@ def backbone(pretrained: bool = True, seed: int = 0) -> tuple[nn.Module, str]:
 
 def default_transform(model: nn.Module, image_size: int) -> Callable[[Image.Image], torch.Tensor]:
     """Resize to a square of ``image_size``, make a tensor and normalise with the model's statistics."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-    return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
+    cfg = resolve_data_config({}, model=model)  # timm's ImageNet statistics for a model without its own
+    return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(),
+                      T.Normalize(tuple(cfg["mean"]), tuple(cfg["std"]))])
 
 
 def class_names(df: pd.DataFrame) -> list[str]:
@@ -237,8 +238,6 @@ def pixel_features(df: pd.DataFrame, size: int = 32) -> Features:
 def single_thread() -> Iterator[None]:
     """Run the block on one CPU thread (torch, BLAS, OpenMP), then restore the settings: on a few
     hundred short vectors one thread is as fast, and on a shared CPU several wait for each other."""
-    from threadpoolctl import threadpool_limits
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -262,8 +261,7 @@ def _epoch(head: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torc
     """One epoch of steps on ``head`` over ``x[order]``, through the frozen ``body`` first if given;
     each batch's (loss, size)."""
     steps = []
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
+    for idx in order.split(batch_size):
         inputs = x[idx]
         if body is not None:
             with torch.no_grad():
