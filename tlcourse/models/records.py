@@ -1,6 +1,6 @@
 """What happened during training, from fastai's callbacks: :class:`History` (the ``Recorder`` per epoch
-and batch, joinable across stages; lessons 03-04), :class:`GroupLrs` (every layer group's rate; lesson
-04) and :class:`EpochLog` (loss and accuracy per epoch, validating only where a curve needs it; 05)."""
+and batch, joinable across stages; lessons 03-04), :class:`GroupLrs` (each layer group's rate; lesson 04)
+and :class:`EpochLog` (loss and accuracy per epoch, validating only where a curve needs it; lesson 05)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ class EpochLog(Callback):
         self._start = time.perf_counter()
 
     def before_validate(self):
-        # Starting a DataLoader draws random numbers: restored, training is the same validated or not.
+        # Starting a DataLoader draws random numbers; restore them so validating never changes training.
         self._rng = get_random_states()
         if not self._validates():
             raise CancelValidException()
