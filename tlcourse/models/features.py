@@ -1,6 +1,5 @@
-"""The frozen network as a feature extractor (lesson 02): cut, extract once, cache, probe.  The
-pretrained body runs once over every image and only a small classifier (a *linear probe*) trains on
-the pooled vectors, which :func:`cached_features` keeps on disk."""
+"""The frozen network as a feature extractor (lesson 02): the pretrained body runs once over every image,
+:func:`cached_features` keeps the pooled vectors on disk, and only a small *linear probe* trains on them."""
 
 from __future__ import annotations
 
@@ -10,18 +9,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from threadpoolctl import threadpool_limits
+from timm.data import resolve_data_config
 from torch import nn
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from tlcourse import data, models, stats
+from tlcourse.data.download import sha256_file
 from tlcourse.data.images import load_image
 from tlcourse.settings import OFFLINE_ARCH, Settings, atomic_path, cache_dir
 
@@ -43,18 +44,17 @@ def model_identity(pretrained: bool = True, seed: int = 0) -> str:
 def backbone(pretrained: bool = True, seed: int = 0) -> tuple[nn.Module, str]:
     """The offline backbone without its classifier (one pooled vector per image), in eval mode, and
     its identity; random weights are drawn from ``seed`` without reseeding the caller."""
-    make = partial(models.create_model, pretrained=pretrained, num_classes=0)
-    return (make() if pretrained else _seeded(seed, make)).eval(), model_identity(pretrained, seed)
+    with models.seeded(seed):
+        return models.create_model(pretrained, num_classes=0), model_identity(pretrained, seed)
 
 
 # --- images and transforms ------------------------------------------------------
 
 def default_transform(model: nn.Module, image_size: int) -> Callable[[Image.Image], torch.Tensor]:
     """Resize to a square of ``image_size``, make a tensor and normalise with the model's statistics."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-    return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
+    cfg = resolve_data_config({}, model=model)  # timm's ImageNet statistics for a model without its own
+    return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(),
+                      T.Normalize(tuple(cfg["mean"]), tuple(cfg["std"]))])
 
 
 def class_names(df: pd.DataFrame) -> list[str]:
@@ -97,12 +97,10 @@ def data_identity(df: pd.DataFrame) -> dict:
     manifest = root / "manifest.json"
     rows = df[["fname", "label", "split"]].astype(str).to_csv(index=False)
     if manifest.is_file():
-        pixels = hashlib.sha256(manifest.read_bytes()).hexdigest()
-    else:
-        digest = hashlib.sha256()
-        for fname in df["fname"]:
-            digest.update(hashlib.sha256((root / fname).read_bytes()).digest())
-        pixels = digest.hexdigest()
+        pixels = sha256_file(manifest)
+    else:  # the SHA-256 of the files' SHA-256s, in row order
+        per_file = b"".join(bytes.fromhex(sha256_file(root / f)) for f in df["fname"])
+        pixels = hashlib.sha256(per_file).hexdigest()
     return {"pixels_sha256": pixels, "files_sha256": hashlib.sha256(rows.encode()).hexdigest(),
             "n_images": len(df)}
 
@@ -160,12 +158,6 @@ def _load(path: Path, key: str) -> dict | None:
     return None
 
 
-def _save(path: Path, payload: dict) -> None:
-    """Write ``payload`` next to ``path`` first, then move it into place in one step."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
 #: Cache folders already reported as not writable (one message each per session).
 _UNWRITABLE: set[Path] = set()
 
@@ -202,8 +194,9 @@ def cached_features(model: nn.Module, model_id: str, df: pd.DataFrame, image_siz
              for part in extract(model, df[df["split"] == split], transform, classes, batch_size, device,
                                  progress, desc=f"{split} features ({short_id})")]
     try:
-        _save(path, dict(zip(_PARTS, parts), key=key, classes=classes, described=json.dumps(described),
-                         checksum=_checksum(parts)))
+        with atomic_path(path) as tmp:  # written next to ``path``, then moved into place in one step
+            torch.save(dict(zip(_PARTS, parts), key=key, classes=classes, described=json.dumps(described),
+                            checksum=_checksum(parts)), tmp)
         where = f"saved {path}"
     except OSError as err:  # PermissionError, read-only file system, disk full ...
         where = "did not save them"
@@ -245,8 +238,6 @@ def pixel_features(df: pd.DataFrame, size: int = 32) -> Features:
 def single_thread() -> Iterator[None]:
     """Run the block on one CPU thread (torch, BLAS, OpenMP), then restore the settings: on a few
     hundred short vectors one thread is as fast, and on a shared CPU several wait for each other."""
-    from threadpoolctl import threadpool_limits
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -265,20 +256,12 @@ def _scale(train_x: torch.Tensor,
     return mean, spread, [(t - mean) / spread for t in (train_x, *others)]
 
 
-def _seeded(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
-    """``make()`` with torch's random numbers drawn from ``seed``, without reseeding the caller."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return make()
-
-
 def _epoch(head: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
            batch_size: int, body: nn.Module | None = None) -> list[tuple[torch.Tensor, int]]:
     """One epoch of steps on ``head`` over ``x[order]``, through the frozen ``body`` first if given;
     each batch's (loss, size)."""
     steps = []
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
+    for idx in order.split(batch_size):
         inputs = x[idx]
         if body is not None:
             with torch.no_grad():
@@ -311,16 +294,16 @@ class ProbeResult:
 def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, valid_x: torch.Tensor,
                        valid_y: torch.Tensor, epochs: int = 100, lr: float = 1e-2, weight_decay: float = 1e-3,
                        batch_size: int | None = None, seed: int = 0) -> ProbeResult:
-    """Train one ``nn.Linear`` on features with Adam; accuracy on held-out rows (validation
-    while choosing settings, test for results).  Full-batch unless ``batch_size``; ``seed`` fixes the
-    first weights and the shuffling."""
+    """Train one ``nn.Linear`` on features with Adam, full-batch unless ``batch_size``; accuracy on
+    held-out rows (validation to choose settings, test for results); ``seed`` fixes weights and order."""
     if len(train_x) != len(train_y) or len(valid_x) != len(valid_y):
         raise ValueError("features and labels differ in length: pass matching x and y tensors.")
     with single_thread():
         n_classes = int(max(train_y.max(), valid_y.max())) + 1
         mean, spread, (train_x, valid_x) = _scale(train_x.float(), valid_x.float())
         gen = torch.Generator().manual_seed(seed)
-        head = _seeded(seed, lambda: nn.Linear(train_x.shape[1], n_classes))
+        with models.seeded(seed):
+            head = nn.Linear(train_x.shape[1], n_classes)
         opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
         losses = []
         for _ in range(epochs):
@@ -454,7 +437,8 @@ def time_epochs(body: nn.Module, images: torch.Tensor, labels: torch.Tensor, bat
         raise ValueError(f"cached has {len(cached)} rows for {len(images)} images: pass the features "
                          "of exactly these images, in the same order.")
     cached = cached.to(device)
-    head = _seeded(seed, lambda: nn.Linear(cached.shape[1], int(labels.max()) + 1)).to(device)
+    with models.seeded(seed):
+        head = nn.Linear(cached.shape[1], int(labels.max()) + 1).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=1e-3)
 
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else lambda: None

@@ -1,13 +1,12 @@
-"""Looking inside a network with forward hooks: one home for "run an input through it and report
-what each layer hands on".  Layers go by their ``model.named_modules()`` names (``"blocks.3"``,
-``"layer2"``), so this works for any PyTorch model; hooks last for one ``with`` block, and a blank
-input runs in eval mode with the training mode restored."""
+"""Forward hooks: run an input through any PyTorch model and report what each layer hands on.  Layers
+go by their ``model.named_modules()`` names (``"blocks.3"``, ``"layer2"``); hooks last for one ``with``
+block, and a blank input runs in eval mode with the training mode restored."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from typing import Any
 
@@ -57,14 +56,10 @@ def capture(model: torch.nn.Module, layers: str | Sequence[str]) -> Iterator[dic
             model(x)
     """
     store: dict[str, torch.Tensor] = {}
-    handles = []
-    try:
+    with ExitStack() as hooks:  # each RemovableHandle removes its hook on exit
         for name, module in named_layers(model, as_names(layers)).items():
-            handles.append(module.register_forward_hook(partial(_record, store, name)))
+            hooks.enter_context(module.register_forward_hook(partial(_record, store, name)))
         yield store
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @torch.no_grad()
@@ -77,7 +72,6 @@ def _run_in_eval(model: torch.nn.Module, x: torch.Tensor) -> Any:
         model.train(was_training)
 
 
-@torch.no_grad()
 def layer_table(model: torch.nn.Module, input_size: Sequence[int] = (3, 224, 224),
                 max_depth: int | None = 2) -> pd.DataFrame:
     """One row per layer (``max_depth`` as in :func:`layer_names`): ``name``, ``type``, ``params``

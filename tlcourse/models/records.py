@@ -1,7 +1,6 @@
-"""What happened during training, read from fastai's callbacks: one home for every record.
-:class:`History` is the ``Recorder`` per epoch and batch, joinable across stages (lessons 03-04);
-:class:`GroupLrs` keeps every layer group's rate (lesson 04); :class:`EpochLog` train loss and
-validation accuracy per epoch, validating only where a learning curve needs it (lesson 05)."""
+"""What happened during training, from fastai's callbacks: :class:`History` (the ``Recorder`` per epoch
+and batch, joinable across stages; lessons 03-04), :class:`GroupLrs` (each layer group's rate; lesson 04)
+and :class:`EpochLog` (loss and accuracy per epoch, validating only where a curve needs it; lesson 05)."""
 
 from __future__ import annotations
 
@@ -107,8 +106,7 @@ class EpochLog(Callback):
         self._start = time.perf_counter()
 
     def before_validate(self):
-        # Starting a DataLoader draws random numbers; restoring the generators keeps training
-        # the same whether or not the epoch is validated.
+        # Starting a DataLoader draws random numbers; restore them so validating never changes training.
         self._rng = get_random_states()
         if not self._validates():
             raise CancelValidException()
