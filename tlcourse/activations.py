@@ -36,13 +36,8 @@ def activations(model: torch.nn.Module, image: ImageLike,
                 layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
     """One forward pass in eval mode (then the model's mode restored): the named layers' outputs, in order."""
     names = hooks.as_names(layers)
-    was_training = model.training
-    model.eval()
-    try:
-        with hooks.capture(model, names) as store:
-            model(to_batch(model, image))
-    finally:
-        model.train(was_training)
+    with hooks.eval_mode(model), hooks.capture(model, names) as store:
+        model(to_batch(model, image))
     if missing := [n for n in names if n not in store]:
         raise RuntimeError(f"layers {missing} did not run in the forward pass (or returned no "
                            "tensor); pick layers that the model calls, such as its blocks.")
@@ -71,8 +66,6 @@ def first_conv(model: torch.nn.Module) -> tuple[str, torch.nn.Conv2d]:
                      "pass the filters you want to show to plots.plot_filters yourself.")
 
 
-# --- what a channel responds to: top-activating patches ----------------------------
-
 def unnormalise(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Undo the model's input normalisation: ``(N, 3, H, W)`` pixels in [0, 1] again."""
     import timm
@@ -96,17 +89,13 @@ def batch_activations(model: torch.nn.Module, batch: torch.Tensor, layer: str,
     """Outputs ``(N, C, H, W)`` of ``layer`` for a preprocessed batch, in eval mode (then restored),
     ``chunk`` images at a time; each pass stops once ``layer`` has run, so the layers above cost nothing."""
     module = hooks.named_layers(model, [layer])[layer]
-    parts, was_training = [], model.training
-    model.eval()
-    try:
-        # the stop hook, registered second, runs after capture's; leaving the block removes both
-        with hooks.capture(model, layer) as store, module.register_forward_hook(_stop):
-            for i in range(0, len(batch), chunk):
-                with suppress(_Reached):
-                    model(batch[i:i + chunk])
-                parts.append(store.pop(layer))
-    finally:
-        model.train(was_training)
+    parts = []
+    # the stop hook, registered second, runs after capture's; leaving the block removes both
+    with hooks.eval_mode(model), hooks.capture(model, layer) as store, module.register_forward_hook(_stop):
+        for i in range(0, len(batch), chunk):
+            with suppress(_Reached):
+                model(batch[i:i + chunk])
+            parts.append(store.pop(layer))
     return torch.cat(parts)
 
 

@@ -14,8 +14,6 @@ from tlcourse.models import body_groups
 from tlcourse.models.records import History
 
 
-# --- layer groups -------------------------------------------------------------------
-
 def split_body(model: nn.Module, n_body_groups: int = 3) -> list[list[nn.Parameter]]:
     """Parameter groups of a ``vision_learner`` model: the body's stages (``models.body_groups``) shared
     out evenly into ``n_body_groups`` groups, early first, then the head.  fastai cuts a timm model only

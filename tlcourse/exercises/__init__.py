@@ -17,6 +17,8 @@ Each lesson's checks live in their own module (``lesson00`` ... ``lesson06``);
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -61,14 +63,10 @@ def all_checks() -> dict[str, Callable[[Any], bool | None]]:
     return dict(_CHECKS)
 
 
-LESSONS = ("lesson00", "lesson01", "lesson02", "lesson03", "lesson04", "lesson05", "lesson06")
-
-
 def _load_all() -> None:
-    import importlib
-
-    for name in LESSONS:
-        importlib.import_module(f"tlcourse.exercises.{name}")
+    """Import every lesson's module (a new ``lessonNN.py`` included): its checks register themselves."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def __getattr__(name: str) -> Callable[[Any], bool | None]:

@@ -15,13 +15,6 @@ from tlcourse.settings import get_settings
 LESSON00_BREED = "Siamese"
 
 
-def _expected_batch_size() -> int:
-    """Images in one training batch of ``data.get_dls(S.dataset, S)`` with the mode's defaults."""
-    s = get_settings()
-    rows = data.subsample(data.items(s.dataset, s), s.per_class)
-    return data.batch_size(int((rows.split == "train").sum()), s)
-
-
 @exercise
 def check_batch_shape(answer: Sequence[int]) -> tuple[bool, str]:
     """00_setup: the shape of one training batch of ``data.get_dls(S.dataset, S)``, as a tuple."""
@@ -35,7 +28,8 @@ def check_batch_shape(answer: Sequence[int]) -> tuple[bool, str]:
     if shape[2:] != (s.image_size, s.image_size):
         return False, (f"height and width should be the mode's image size, {s.image_size}. "
                        "Hint: `settings.get_settings().image_size`.")
-    expected = _expected_batch_size()
+    rows = data.subsample(data.items(s.dataset, s), s.per_class)  # what data.get_dls(S.dataset, S) uses
+    expected = data.batch_size(int((rows.split == "train").sum()), s)
     if shape[0] != expected:
         return False, (f"the first dimension is the batch size, and it is not {shape[0]}. Hint: with "
                        f"few training images the course uses smaller batches than `S.batch_size` "

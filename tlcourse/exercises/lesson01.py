@@ -71,10 +71,6 @@ def check_layer_output_shape(answer: Sequence[int]) -> tuple[bool, str]:
                   f"{expected[1]}×{expected[2]}: fewer positions, more kinds of feature.")
 
 
-def _has_word(name: str, word: str) -> bool:
-    return re.search(rf"\b{re.escape(word)}\b", name.lower()) is not None
-
-
 @exercise
 def check_cat_classes(answer: Sequence[int]) -> tuple[bool, str]:
     """01_imagenet: indices of every ImageNet class whose name contains the word 'cat' (a whole word)."""
@@ -82,7 +78,7 @@ def check_cat_classes(answer: Sequence[int]) -> tuple[bool, str]:
     if isinstance(answer, str) or any(isinstance(i, str) for i in answer):
         return False, "give a list of class indices (ints), not names. Hint: `enumerate(labels)`."
     given = {int(i) for i in answer}
-    expected = {i for i, name in enumerate(labels) if _has_word(name, "cat")}
+    expected = {i for i, name in enumerate(labels) if re.search(r"\bcat\b", name.lower())}
     extra, missing = sorted(given - expected), sorted(expected - given)
     if extra:
         example = labels[extra[0]] if 0 <= extra[0] < len(labels) else f"index {extra[0]}"

@@ -37,18 +37,13 @@ def freeze_runs(s: Settings):
     return experiments.grid([s.dataset], ["freeze"], [n], s.seeds, frozen=[NEW_DEPTH])
 
 
-def _measured_gap() -> float:
-    s = get_settings()
-    df = experiments.run_grid(size_gap_runs(s), s, progress=False)
-    means = df.groupby("strategy")["accuracy"].mean()
-    return float(means["head-only"] - means["scratch"])
-
-
 @exercise
 def check_new_size_gap(answer: dict) -> tuple[bool, str]:
     """05: ``{"predicted": ..., "measured": ...}``: head-only minus scratch (fractions), far domain, 50 a class."""
     predicted, measured = _prediction_and_measurement(answer)
-    truth = _measured_gap()
+    s = get_settings()
+    means = experiments.run_grid(size_gap_runs(s), s, progress=False).groupby("strategy")["accuracy"].mean()
+    truth = float(means["head-only"] - means["scratch"])
     if abs(measured - truth) > 0.002:
         if abs(measured - 100 * truth) < 0.2 or abs(measured / 100 - truth) <= 0.002:
             return False, "give the gap as a fraction (0.05 for 5 points), like the accuracies."

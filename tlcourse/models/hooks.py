@@ -62,12 +62,12 @@ def capture(model: torch.nn.Module, layers: str | Sequence[str]) -> Iterator[dic
         yield store
 
 
-@torch.no_grad()
-def _run_in_eval(model: torch.nn.Module, x: torch.Tensor) -> Any:
-    """``model(x)`` in eval mode (BatchNorm statistics untouched), the training mode restored after."""
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode for the block (BatchNorm statistics untouched), its training mode put back."""
     was_training = model.training
     try:
-        return model.eval()(x)
+        yield model.eval()
     finally:
         model.train(was_training)
 
@@ -77,8 +77,8 @@ def layer_table(model: torch.nn.Module, input_size: Sequence[int] = (3, 224, 224
     """One row per layer (``max_depth`` as in :func:`layer_names`): ``name``, ``type``, ``params``
     (with sub-layers) and ``output_shape`` for one ``input_size`` image of zeros (None if it does not run)."""
     names = layer_names(model, max_depth)
-    with capture(model, names) as store:
-        _run_in_eval(model, torch.zeros(1, *input_size))
+    with capture(model, names) as store, eval_mode(model), torch.no_grad():
+        model(torch.zeros(1, *input_size))
     rows = [{"name": n, "type": type(m).__name__,
              "output_shape": tuple(store[n].shape[1:]) if n in store else None,
              "params": sum(p.numel() for p in m.parameters())} for n, m in named_layers(model, names).items()]
@@ -90,7 +90,8 @@ def layer_table(model: torch.nn.Module, input_size: Sequence[int] = (3, 224, 224
 def body_output_shape(body: torch.nn.Module, image_size: int) -> tuple[int, int, int]:
     """(channels, height, width) of what ``body`` returns for one ``image_size`` image, found with
     one blank image in eval mode (BatchNorm statistics untouched, the training mode restored)."""
-    out = _run_in_eval(body, torch.zeros(1, 3, image_size, image_size, device=next(body.parameters()).device))
+    with eval_mode(body), torch.no_grad():
+        out = body(torch.zeros(1, 3, image_size, image_size, device=next(body.parameters()).device))
     if out.ndim != 4:
         raise ValueError(f"Expected the body to return a feature map (batch, channels, height, width), "
                          f"got shape {tuple(out.shape)}.")
