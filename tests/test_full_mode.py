@@ -100,8 +100,11 @@ def test_notebook_runs_in_full_mode_offline(job, results):
 
 
 def test_the_rehearsal_stays_within_its_budget(results):
-    """Three minutes on an idle 2-core machine; a loaded one gets twice that before this fails."""
-    assert results["_seconds"] < 360, results["_seconds"]
+    """The ten runs took 259 s in CI on an idle 2-core machine, and 531 s on the same kind of
+    machine on a day it ran about twice as slow (the code before and after a change timed alike,
+    side by side).  The budget leaves room for such a day and still fails a rehearsal that grows
+    by half on it."""
+    assert results["_seconds"] < 800, results["_seconds"]
 
 
 def test_resized_copy_is_made_once_and_remade_when_incomplete(tmp_path):
